@@ -1,0 +1,105 @@
+"""``selftaught`` command line: run (or resume) STaR, list tasks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from selftaught.config import ConfigError, RunConfig, describe, load_config
+
+# Keys a resumed run may change: they decide how far the loop goes, not what it computed.
+RESUMABLE_KEYS = ("loop.iterations", "loop.patience", "loop.min_improvement")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="selftaught", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run STaR (Algorithm 1) and write every artifact to a run folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run STaR. Options come from an optional YAML config, then key=value "
+        "overrides (e.g. loop.iterations=5 task.options.digits_max=3).",
+        epilog=_options_help(),
+    )
+    run.add_argument("config", nargs="?", help="YAML config file (see configs/)")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished stage")
+    run.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
+    sub.add_parser("tasks", help="list the tasks")
+    args = parser.parse_args(argv)
+
+    from selftaught.generation.transformers_backend import PromptTooLongError
+    from selftaught.stages import NothingKeptError
+    from selftaught.store import RunFolderError
+    from selftaught.tasks import DataError
+    from selftaught.training.transformers_backend import SequenceTooLongError
+
+    try:
+        if args.command == "tasks":
+            return _tasks()
+        return _run(args)
+    except (ConfigError, DataError, RunFolderError, NothingKeptError, PromptTooLongError,
+            SequenceTooLongError) as e:
+        print(f"selftaught: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nselftaught: interrupted; finished stages are saved, continue with "
+              "`selftaught run --resume <run folder>`", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from selftaught.loop import default_output_dir, star
+    from selftaught.store import RunStore
+    from selftaught.tasks import get_task
+
+    if args.resume:
+        if args.config and "=" in args.config:  # `run --resume DIR key=value`
+            args.overrides.insert(0, args.config)
+        elif args.config:
+            raise ConfigError("with --resume the config comes from the run folder; pass only key=value overrides")
+        store = RunStore.open(Path(args.resume))
+        saved = store.config()
+        for item in args.overrides:
+            key = item.partition("=")[0].strip()
+            if key not in RESUMABLE_KEYS:
+                raise ConfigError(f"{key} cannot change when resuming; only {', '.join(RESUMABLE_KEYS)} can")
+        config = load_config(overrides=args.overrides, base=saved)
+    else:
+        if args.config and "=" in args.config and not Path(args.config).exists():
+            args.overrides.insert(0, args.config)
+            args.config = None
+        config = load_config(args.config, args.overrides)
+        get_task(config.task.name, config.task.options)  # reject bad task options before any work
+        if config.output_dir is None:
+            config.output_dir = str(default_output_dir(config))
+        store = RunStore.create(Path(config.output_dir), config.to_dict(), args.overwrite)
+    print(f"run folder: {store.root}")
+    history = star(config, store)
+    first, last = history[0], history[-1]
+    print(f"done: held-out accuracy {first['accuracy']:.1%} (few-shot, iteration 0) -> "
+          f"{last['accuracy']:.1%} (iteration {last['iteration']}); metrics in {store.root / 'metrics.jsonl'}")
+    return 0
+
+
+def _tasks() -> int:
+    from selftaught.tasks import get_task, task_names
+
+    for name in task_names():
+        print(f"{name}: {get_task(name).description}")
+    return 0
+
+
+def _options_help() -> str:
+    lines = ["config keys (YAML sections, or key=value on the command line):"]
+    for key, default, text in describe(RunConfig):
+        lines.append(f"  {key} (default {default})")
+        lines += textwrap.wrap(text, 88, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

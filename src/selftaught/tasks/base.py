@@ -1,0 +1,122 @@
+"""The task interface: data, prompts, answer extraction and checking.
+
+A new task is one file in this package that subclasses ``Task`` and decorates it with
+``@register``; the loop never names a task.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from selftaught.config import ConfigError, from_dict
+
+
+class DataError(ValueError):
+    """Bad task data; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question x with its correct final answer y (and no rationale)."""
+
+    id: str
+    question: str
+    answer: str
+    choices: tuple[tuple[str, str], ...] | None = None  # (label, text) for multiple choice
+    group: str | None = None  # reported separately in the metrics, e.g. "3 digits"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "question": self.question,
+            "answer": self.answer,
+            "choices": [list(c) for c in self.choices] if self.choices else None,
+            "group": self.group,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Example":
+        choices = tuple(tuple(c) for c in d["choices"]) if d.get("choices") else None
+        return cls(d["id"], d["question"], d["answer"], choices, d.get("group"))
+
+
+@dataclass
+class NoOptions:
+    pass
+
+
+class Task(ABC):
+    """How a dataset is loaded, prompted, answered and checked."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    stop: ClassVar[tuple[str, ...]] = ("\n\n",)
+
+    def __init__(self, options: dict[str, Any] | None = None):
+        self.options = from_dict(self.Options, dict(options or {}), "task.options.")
+
+    # --- data -----------------------------------------------------------------------------
+    @abstractmethod
+    def load(self, split: str, size: int | None, seed: int) -> list[Example]:
+        """The first ``size`` examples of ``split`` (all when None), in a seed-fixed order."""
+
+    def check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise ConfigError(
+                f"task {self.name!r} has no split {split!r}; it has: {', '.join(self.splits)}"
+            )
+
+    # --- prompts --------------------------------------------------------------------------
+    @abstractmethod
+    def exemplars(self, hint: bool = False) -> list[tuple[Example, str]]:
+        """The few-shot examples (x, r) with their answers y in x; §3.2 hint style if asked."""
+
+    @abstractmethod
+    def format_question(self, example: Example, hint: bool = False) -> str:
+        """The text the model continues with its rationale and answer."""
+
+    @abstractmethod
+    def format_answer(self, rationale: str, answer: str) -> str:
+        """The completion for rationale r and answer y; an empty r gives a direct answer."""
+
+    def fewshot_prompt(self, hint: bool = False, direct: bool = False) -> str:
+        return "".join(
+            self.format_question(x, hint) + self.format_answer("" if direct else r, x.answer) + self.stop[0]
+            for x, r in self.exemplars(hint)
+        )
+
+    def prompt(self, example: Example, hint: bool = False, direct: bool = False) -> str:
+        return self.fewshot_prompt(hint, direct) + self.format_question(example, hint)
+
+    # --- answers --------------------------------------------------------------------------
+    @abstractmethod
+    def extract_answer(self, completion: str) -> str | None:
+        """The final answer a completion commits to, or None if it gives none."""
+
+    def is_correct(self, predicted: str | None, example: Example) -> bool:
+        return predicted is not None and predicted == example.answer
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def task_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_task(name: str, options: dict[str, Any] | None = None) -> Task:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown task {name!r}; available: {', '.join(task_names())}")
+    return _REGISTRY[name](options)
+
+
+__all__ = ["DataError", "Example", "NoOptions", "Task", "get_task", "register", "task_names"]
