@@ -1,0 +1,5 @@
+import sys
+
+from selftaught.cli import main
+
+sys.exit(main())
