@@ -201,3 +201,23 @@ def test_prompt_longer_than_the_context_is_a_clear_error(tmp_path, tiny_model, c
     code = main(tiny_args(tiny_model, tmp_path / "run", "generation.max_new_tokens=1000"))
     assert code == 2
     assert "exceeds the model's context of 1024 tokens" in capsys.readouterr().err
+
+
+def test_lora_run_saves_an_adapter_the_next_iteration_generates_with(tmp_path, tiny_model, calls):
+    out = tmp_path / "run"
+    assert main(tiny_args(tiny_model, out, "training.method=lora", "training.lora_r=4")) == 0
+    checkpoint = out / "iteration-01" / "checkpoint"
+    assert (checkpoint / "adapter_config.json").is_file()
+    assert not (checkpoint / "model.safetensors").exists()
+    assert ("iteration 2 generations", 32) in calls["generate"]
+    assert [base for base, _, _ in calls["train"]] == [tiny_model, tiny_model]
+
+
+def test_plateau_stops_early():
+    from selftaught.loop import plateaued
+
+    history = [{"accuracy": a} for a in (0.5, 0.6, 0.6, 0.55)]
+    assert plateaued(history, patience=2, min_improvement=0.0)
+    assert not plateaued(history[:3], patience=2, min_improvement=0.0)
+    assert not plateaued(history, patience=0, min_improvement=0.0)
+    assert plateaued([{"accuracy": a} for a in (0.5, 0.52)], patience=1, min_improvement=0.05)

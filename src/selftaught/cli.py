@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selftaught: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nselftaught: interrupted; finished stages are saved, continue with "
-              "`selftaught run --resume <run folder>`", file=sys.stderr)
+        print("\nselftaught: interrupted", file=sys.stderr)
         return 130
 
 
@@ -78,7 +77,12 @@ def _run(args: argparse.Namespace) -> int:
             config.output_dir = str(default_output_dir(config))
         store = RunStore.create(Path(config.output_dir), config.to_dict(), args.overwrite)
     print(f"run folder: {store.root}")
-    history = star(config, store)
+    try:
+        history = star(config, store)
+    except KeyboardInterrupt:
+        print(f"\nselftaught: interrupted; finished stages are saved, continue with "
+              f"`selftaught run --resume {store.root}`", file=sys.stderr)
+        return 130
     first, last = history[0], history[-1]
     print(f"done: held-out accuracy {first['accuracy']:.1%} (few-shot, iteration 0) -> "
           f"{last['accuracy']:.1%} (iteration {last['iteration']}); metrics in {store.root / 'metrics.jsonl'}")
