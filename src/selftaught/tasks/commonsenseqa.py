@@ -47,8 +47,9 @@ class CommonsenseQA(Task):
 
     def load(self, split: str, size: int | None, seed: int) -> list[Example]:
         self.check_split(split)
-        examples = [_example(r) for r in self.options.records(split)]
-        check_unique_ids(examples, f"split {split!r}")
+        records = self.options.records(split)
+        examples = [_example(r) for r in records]
+        check_unique_ids(examples, records, "id")
         return seeded_sample(examples, size, seed, f"{self.name}-{split}")
 
     def exemplars(self, hint: bool = False) -> list[tuple[Example, str]]:

@@ -76,14 +76,15 @@ class Custom(Task):
         self.check_split(split)
         o = self.options
         examples = []
-        for i, r in enumerate(o.records(split)):
+        records = o.records(split)
+        for i, r in enumerate(records):
             choices = self._choices(r) if o.choices_field else None
             answer = r.get(o.answer_field)
             if choices:
                 answer = answer_label(answer, choices, r, o.answer_field)
             id_ = r.get(o.id_field) if o.id_field else f"{split}-{i}"
             examples.append(Example(id_, r.get(o.question_field).strip(), answer.strip(), choices))
-        check_unique_ids(examples, f"split {split!r}")
+        check_unique_ids(examples, records, o.id_field or "id")
         return seeded_sample(examples, size, seed, f"{self.name}-{split}")
 
     def _choices(self, record: Record) -> tuple[tuple[str, str], ...]:

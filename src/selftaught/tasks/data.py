@@ -129,7 +129,7 @@ def _read_csv(path: Path, delimiter: str):
             for row in reader:
                 where = f"{path}, line {reader.line_num}"
                 if None in row or None in row.values():
-                    got = len(row) - (None in row) + len(row.get(None) or [])
+                    got = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
                     raise DataError(f"{where}: expected {len(reader.fieldnames)} fields "
                                     f"({', '.join(reader.fieldnames)}), got {got}")
                 if any(v.strip() for v in row.values()):
@@ -168,12 +168,14 @@ def seeded_sample(items: list, size: int | None, seed: int, salt: str) -> list:
     return items if size is None else items[:size]
 
 
-def check_unique_ids(examples: list, where: str) -> None:
-    seen: set[str] = set()
-    for e in examples:
+def check_unique_ids(examples: list, records: list[Record], field: str) -> None:
+    """Ids key every saved record of a run, so two questions may not share one."""
+    seen: dict[str, Record] = {}
+    for e, r in zip(examples, records):
         if e.id in seen:
-            raise DataError(f"{where}: id {e.id!r} appears more than once")
-        seen.add(e.id)
+            first = seen[e.id].where.rpartition(", ")[2]
+            raise r.error(f"field {field!r}: {e.id!r} appears more than once (first on {first})")
+        seen[e.id] = r
 
 
 # --- few-shot prompt files ----------------------------------------------------------------

@@ -47,14 +47,15 @@ class GSM8K(Task):
     def load(self, split: str, size: int | None, seed: int) -> list[Example]:
         self.check_split(split)
         examples = []
-        for i, r in enumerate(self.options.records(split)):
+        records = self.options.records(split)
+        for i, r in enumerate(records):
             solution = r.get("answer")
             if "####" not in solution:
                 raise r.error("field 'answer' has no final answer after '####'")
             answer = _number(r, "answer", solution.rsplit("####", 1)[1])
             examples.append(Example(str(r.get("id", required=False) or f"{split}-{i}"),
                                     r.get("question").strip(), answer))
-        check_unique_ids(examples, f"split {split!r}")
+        check_unique_ids(examples, records, "id")
         return seeded_sample(examples, size, seed, f"{self.name}-{split}")
 
     def exemplars(self, hint: bool = False) -> list[tuple[Example, str]]:

@@ -112,7 +112,7 @@ class ReasoningGym(Task):
                 raise DataError(f"reasoning-gym task {self.options.dataset!r} item {i}: it has no "
                                 "reference answer (it is checked by a verifier), so the hint of "
                                 "rationalization cannot be given; choose another task")
-            id_ = f"{self.options.dataset}-{self._seed}-{i}"
+            id_ = f"{self.options.dataset}/{self._seed}/{i}"
             self._entries[id_] = entry
             group = entry["metadata"].get("source_dataset") if self.options.dataset == "composite" else None
             out.append(Example(id_, entry["question"].strip(), str(entry["answer"]), group=group))
@@ -151,7 +151,7 @@ class ReasoningGym(Task):
     def is_correct(self, predicted: str | None, example: Example) -> bool:
         if predicted is None:
             return False
-        _, seed, i = example.id.rsplit("-", 2)
+        _, seed, i = example.id.rsplit("/", 2)
         data = self._generator(int(seed))
         entry = self._entries.get(example.id) or data[int(i)]  # regenerated for a saved id
         try:
