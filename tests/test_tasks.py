@@ -320,6 +320,8 @@ def test_bad_custom_csv(tmp_path, text, options, message):
     ("math", " I do not know.", "1", False),
 ])
 def test_custom_checkers(tmp_path, checker, completion, answer, correct):
+    if checker == "math":
+        pytest.importorskip("math_verify")
     path = write(tmp_path / "d.jsonl", json.dumps({"question": "?", "answer": answer}) + "\n")
     task = get_task("custom", {"data_files": {"train": path}, "checker": checker})
     (example,) = task.load("train", None, seed=0)
@@ -491,3 +493,15 @@ def test_show_prompt_errors_are_one_line(capsys):
     assert "has only 8 questions" in capsys.readouterr().err
     assert main(["show-prompt", "nope"]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
+
+
+def test_missing_optional_packages_say_what_to_install(monkeypatch, tmp_path):
+    data = write(tmp_path / "d.jsonl", json.dumps({"question": "?", "answer": "1"}) + "\n")
+    for module in ("math_verify", "reasoning_gym", "datasets"):
+        monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match=r"pip install 'selftaught\[math\]'"):
+        get_task("custom", {"data_files": {"train": data}, "checker": "math"})
+    with pytest.raises(ConfigError, match=r"pip install 'selftaught\[reasoning-gym\]'"):
+        get_task("reasoning_gym", {"dataset": "leg_counting"})
+    with pytest.raises(ConfigError, match=r"pip install 'selftaught\[datasets\]'"):
+        get_task("gsm8k").load("train", None, seed=0)

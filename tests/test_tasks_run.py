@@ -10,6 +10,7 @@ NothingKeptError after generating and rationalizing every question in the task's
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from selftaught.tasks import get_task
 from selftaught.training import TrainExample, get_trainer
 
 DATA = Path(__file__).parent / "data"
+HAS_REASONING_GYM = importlib.util.find_spec("reasoning_gym") is not None
 TASKS = {  # task name -> the run's task options (key=value)
     "addition": ["task.options.format=scratchpad", "task.options.digits_max=2"],
     "commonsenseqa": [
@@ -47,7 +49,9 @@ def format_model(tmp_path_factory, random_model) -> str:
     """conftest's random model, trained briefly to answer each task's hint prompts for the 8
     training questions of these runs, so that rationalization has a chance (4 s on an idle CPU)."""
     examples = []
-    for options in TASKS.values():
+    for name, options in TASKS.items():
+        if name == "reasoning_gym" and not HAS_REASONING_GYM:
+            continue
         config = load_config(overrides=[o for o in options if o.startswith("task.")])
         task = get_task(config.task.name, config.task.options)
         for e in task.load("train", 8, seed=0):
@@ -116,6 +120,8 @@ def test_full_run_on_custom_data(tiny_model, tmp_path):
     ("reasoning_gym", "(Hint: the answer is", "\nAnswer: <answer>", "</answer>"),
 ])
 def test_full_run_on_each_task(format_model, tmp_path, capsys, name, hint_mark, in_prompt, end):
+    if name == "reasoning_gym" and not HAS_REASONING_GYM:
+        pytest.skip("needs reasoning-gym: pip install 'selftaught[reasoning-gym]'")
     out = tmp_path / "run"
     rc = run(format_model, out, *TASKS[name])
     records = assert_ran(rc, capsys.readouterr().err, out, hint_mark)

@@ -108,8 +108,12 @@ class Task(ABC):
 
     # --- answers --------------------------------------------------------------------------
     @abstractmethod
-    def extract_answer(self, completion: str) -> str | None:
-        """The final answer a completion commits to, or None if it gives none."""
+    def extract_answer(self, completion: str, example: Example | None = None) -> str | None:
+        """The final answer a completion commits to, or None if it gives none.
+
+        ``example``, where the caller has it, lets a multiple-choice task turn a choice named
+        by its text into its label; without it ``is_correct`` still resolves the text.
+        """
 
     def is_correct(self, predicted: str | None, example: Example) -> bool:
         return predicted is not None and predicted == example.answer
