@@ -47,6 +47,7 @@ def test_plain_addition_prompt_is_unchanged():
     assert task.stop == ("\n\n", "\nQ:")
     assert task.extract_answer(" 36 + 56 = 92. The answer is 92.") == "92"
     assert task.extract_answer(" The answer is 1,092.") == "1092"
+    assert task.extract_answer(" 36 + 56 = 92.") is None and task.extract_answer("") is None
 
 
 def test_scratchpad_is_the_papers():
@@ -309,6 +310,8 @@ def test_bad_custom_csv(tmp_path, text, options, message):
     ("exact", " The answer is paris.", "Paris", False),
     ("exact", " The answer is Paris or Lyon.", "Paris", False),
     ("exact", " It is Paris.", "Paris", False),
+    ("exact", " The answer is Paris.\nBut it could be Lyon.", "Paris", False),  # not at the end
+    ("exact", "", "Paris", False),
     ("numeric", " The answer is 1,234.00.", "1234", True),
     ("numeric", " The answer is 123.", "12", False),
     ("numeric", " The answer is $18.", "18", True),
