@@ -393,6 +393,15 @@ def test_reasoning_gym_splits_exemplars_and_scoring():
     assert fresh.is_correct(e.answer, e) and not fresh.is_correct("-1", e)
 
 
+def test_reasoning_gym_with_a_users_prompt_file(tmp_path):
+    pytest.importorskip("reasoning_gym")
+    mine = write(tmp_path / "mine.yaml", "- question: How many legs have 2 cats?\n  answer: '8'\n"
+                 "  rationale: A cat has 4 legs, and 2 * 4 = 8.\n")
+    task = get_task("reasoning_gym", {"dataset": "leg_counting", "prompt_file": mine})
+    assert task.fewshot_prompt() == ("Question: How many legs have 2 cats?\n"
+                                     "Answer: A cat has 4 legs, and 2 * 4 = 8.\n<answer>8</answer>\n\n")
+
+
 @pytest.mark.parametrize("completion, expected", [
     (" 3 legs each.\n<answer>12</answer>", "12"),
     (" <answer> 12 ", "12"),  # the stop string </answer> is cut off the completion
@@ -414,6 +423,8 @@ def test_reasoning_gym_own_config_and_bad_options():
     assert rationale == ""  # no worked solution: the exemplar shows the answer format only
     with pytest.raises(ConfigError, match="needs task.options.dataset"):
         get_task("reasoning_gym")
+    with pytest.raises(DataError, match="no such prompt file"):
+        get_task("reasoning_gym", {"dataset": "leg_counting", "prompt_file": "/nope.yaml"})
     with pytest.raises(ConfigError, match="reasoning-gym has no task 'nope'"):
         get_task("reasoning_gym", {"dataset": "nope"})
     with pytest.raises(ConfigError, match="not a valid config for reasoning-gym task 'leg_counting'"):

@@ -82,6 +82,11 @@ class ReasoningGym(Task):
         self._seed = self.options.seed or 0  # the run's seed, once load() has seen it
         self._generator(self._seed)  # reject a bad task config now, before any work
         self._fewshot: list[tuple[Example, str]] | None = None
+        if self.options.prompt_file:  # read now: a bad file must stop the run before any work
+            self._fewshot = [
+                (Example("", r.get("question").strip(), r.get("answer")), r.get("rationale", required=False) or "")
+                for r in read_exemplars(self.options.prompt_file)
+            ]
 
     def _generator(self, seed: int):
         if seed not in self._generators:
@@ -104,7 +109,7 @@ class ReasoningGym(Task):
         data, out, draws = self._generator(self._seed), [], 50 * size + 1000
         for i in range(draws):
             if len(out) == size:
-                return out
+                break
             entry = data[i]
             if _part(entry["question"]) != part:
                 continue
@@ -116,20 +121,16 @@ class ReasoningGym(Task):
             self._entries[id_] = entry
             group = entry["metadata"].get("source_dataset") if self.options.dataset == "composite" else None
             out.append(Example(id_, entry["question"].strip(), str(entry["answer"]), group=group))
-        raise DataError(f"reasoning-gym task {self.options.dataset!r} gave only {len(out)} {part} "
-                        f"questions of the {size} asked for in {draws} draws (its questions repeat); "
-                        "ask for fewer or widen its config")
+        if len(out) < size:
+            raise DataError(f"reasoning-gym task {self.options.dataset!r} gave only {len(out)} {part} "
+                            f"questions of the {size} asked for in {draws} draws (few distinct "
+                            "questions); ask for fewer or widen its config")
+        return out
 
     def exemplars(self, hint: bool = False) -> list[tuple[Example, str]]:
         if self._fewshot is None:
-            if self.options.prompt_file:
-                self._fewshot = [
-                    (Example("", r.get("question").strip(), r.get("answer")), r.get("rationale", required=False) or "")
-                    for r in read_exemplars(self.options.prompt_file)
-                ]
-            else:
-                examples = self._draw("fewshot", self.options.fewshot) if self.options.fewshot else []
-                self._fewshot = [(e, _worked_solution(self._entries[e.id])) for e in examples]
+            examples = self._draw("fewshot", self.options.fewshot) if self.options.fewshot else []
+            self._fewshot = [(e, _worked_solution(self._entries[e.id])) for e in examples]
         return self._fewshot
 
     @property
