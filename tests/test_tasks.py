@@ -519,3 +519,21 @@ def test_missing_optional_packages_say_what_to_install(monkeypatch, tmp_path):
         get_task("reasoning_gym", {"dataset": "leg_counting"})
     with pytest.raises(ConfigError, match=r"pip install 'selftaught\[datasets\]'"):
         get_task("gsm8k").load("train", None, seed=0)
+
+
+def test_commonsenseqa_in_the_hubs_schema_through_datasets(tmp_path, monkeypatch):
+    """tau/commonsense_qa flattens the schema (question a string, choices as two lists); read
+    here from a local folder through the same datasets.load_dataset call the Hub name uses."""
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "csqa"
+    folder.mkdir()
+    row = {"id": "h1", "question": "Where do fish live?", "question_concept": "fish",
+           "choices": {"label": ["A", "B", "C"], "text": ["tree", "water", "sky"]}, "answerKey": "B"}
+    write(folder / "train.jsonl", json.dumps(row) + "\n")
+    write(folder / "validation.jsonl", json.dumps({**row, "id": "h2", "answerKey": ""}) + "\n")
+    task = get_task("commonsenseqa", {"dataset": str(folder)})
+    (e,) = task.load("train", None, seed=0)
+    assert e == Example("h1", "Where do fish live?", "B", (("A", "tree"), ("B", "water"), ("C", "sky")))
+    with pytest.raises(DataError, match=r"split validation, row 0: field 'answerKey' is empty"):
+        task.load("validation", None, seed=0)
