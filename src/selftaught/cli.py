@@ -28,7 +28,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished stage")
     run.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
-    sub.add_parser("tasks", help="list the tasks")
+    sub.add_parser("tasks", help="list the tasks and their options")
+    show = sub.add_parser(
+        "show-prompt",
+        help="print the exact text one question is given, with and without the hint",
+        description="Print the exact prompt of one question of TASK: as generated (few-shot "
+        "exemplars + question), then with the hint, as rationalization (§3.2) gives it.",
+    )
+    show.add_argument("task", help="task name (see `selftaught tasks`)")
+    show.add_argument("options", nargs="*", metavar="key=value",
+                      help="task options, e.g. format=scratchpad or data_files.train=train.jsonl")
+    show.add_argument("--split", default="train", help="split to take the question from (default: train)")
+    show.add_argument("--index", type=int, default=0, help="which question of the split (default: 0)")
+    show.add_argument("--seed", type=int, default=0, help="the run's seed, which orders the split (default: 0)")
     args = parser.parse_args(argv)
 
     from selftaught.generation.transformers_backend import PromptTooLongError
@@ -40,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "tasks":
             return _tasks()
+        if args.command == "show-prompt":
+            return _show_prompt(args)
         return _run(args)
     except (ConfigError, DataError, RunFolderError, NothingKeptError, PromptTooLongError,
             SequenceTooLongError) as e:
@@ -90,10 +104,34 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _tasks() -> int:
-    from selftaught.tasks import get_task, task_names
+    from selftaught.tasks import describe_options, task_class, task_names
 
     for name in task_names():
-        print(f"{name}: {get_task(name).description}")
+        cls = task_class(name)
+        print(f"{name}: {cls.description}")
+        for key, default, text in describe_options(cls):
+            print(f"  {key} (default {default})")
+            print("\n".join(textwrap.wrap(text, 88, initial_indent="      ", subsequent_indent="      ")))
+    return 0
+
+
+def _show_prompt(args: argparse.Namespace) -> int:
+    from selftaught.tasks import get_task
+
+    overrides = [o if o.startswith("task.options.") else f"task.options.{o}" for o in args.options]
+    config = load_config(overrides=[f"task.name={args.task}", *overrides])
+    task = get_task(config.task.name, config.task.options)
+    if args.index < 0:
+        raise ConfigError(f"--index must be >= 0, got {args.index}")
+    examples = task.load(args.split, args.index + 1, args.seed)
+    if args.index >= len(examples):
+        raise ConfigError(f"split {args.split!r} has only {len(examples)} questions; --index {args.index} is past its end")
+    example = examples[args.index]
+    print(f"=== {task.name}, split {args.split}, question {example.id!r}, answer {example.answer!r} ===")
+    print("=== prompt (generating a rationale) ===")
+    print(task.prompt(example, hint=False))
+    print("=== prompt with the hint (rationalization, §3.2) ===")
+    print(task.prompt(example, hint=True))
     return 0
 
 

@@ -7,10 +7,10 @@ A new task is one file in this package that subclasses ``Task`` and decorates it
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from selftaught.config import ConfigError, from_dict
+from selftaught.config import ConfigError, describe, from_dict
 
 
 class DataError(ValueError):
@@ -40,6 +40,11 @@ class Example:
     def from_dict(cls, d: dict[str, Any]) -> "Example":
         choices = tuple(tuple(c) for c in d["choices"]) if d.get("choices") else None
         return cls(d["id"], d["question"], d["answer"], choices, d.get("group"))
+
+
+def option(help: str, **kw: Any) -> Any:
+    """A task option with its help text, which `selftaught tasks` prints."""
+    return field(metadata={"help": help}, **kw)
 
 
 @dataclass
@@ -83,9 +88,18 @@ class Task(ABC):
     def format_answer(self, rationale: str, answer: str) -> str:
         """The completion for rationale r and answer y; an empty r gives a direct answer."""
 
+    def format_completion(self, example: Example, rationale: str) -> str:
+        """An exemplar's completion; tasks whose answer text needs the choices override it."""
+        return self.format_answer(rationale, example.answer)
+
+    @property
+    def exemplar_end(self) -> str:
+        """What follows each few-shot exemplar: the stop string the model learns to emit."""
+        return self.stop[0]
+
     def fewshot_prompt(self, hint: bool = False, direct: bool = False) -> str:
         return "".join(
-            self.format_question(x, hint) + self.format_answer("" if direct else r, x.answer) + self.stop[0]
+            self.format_question(x, hint) + self.format_completion(x, "" if direct else r) + self.exemplar_end
             for x, r in self.exemplars(hint)
         )
 
@@ -94,8 +108,12 @@ class Task(ABC):
 
     # --- answers --------------------------------------------------------------------------
     @abstractmethod
-    def extract_answer(self, completion: str) -> str | None:
-        """The final answer a completion commits to, or None if it gives none."""
+    def extract_answer(self, completion: str, example: Example | None = None) -> str | None:
+        """The final answer a completion commits to, or None if it gives none.
+
+        ``example``, where the caller has it, lets a multiple-choice task turn a choice named
+        by its text into its label; without it ``is_correct`` still resolves the text.
+        """
 
     def is_correct(self, predicted: str | None, example: Example) -> bool:
         return predicted is not None and predicted == example.answer
@@ -113,10 +131,22 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_task(name: str, options: dict[str, Any] | None = None) -> Task:
+def task_class(name: str) -> type[Task]:
     if name not in _REGISTRY:
         raise ConfigError(f"unknown task {name!r}; available: {', '.join(task_names())}")
-    return _REGISTRY[name](options)
+    return _REGISTRY[name]
 
 
-__all__ = ["DataError", "Example", "NoOptions", "Task", "get_task", "register", "task_names"]
+def get_task(name: str, options: dict[str, Any] | None = None) -> Task:
+    return task_class(name)(options)
+
+
+def describe_options(cls: type[Task]) -> list[tuple[str, str, str]]:
+    """(key, default, help) of each of a task's options, as `selftaught tasks` lists them."""
+    return [(f"task.options.{k}", d, h) for k, d, h in describe(cls.Options)]
+
+
+__all__ = [
+    "DataError", "Example", "NoOptions", "Task", "describe_options", "get_task", "option",
+    "register", "task_class", "task_names",
+]
