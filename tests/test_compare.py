@@ -58,11 +58,21 @@ def calls(monkeypatch):
     return log
 
 
-@pytest.fixture(scope="module")
+_FINISHED: dict[str, Path] = {}
+
+
+def finished_comparison(tmp_path_factory, tiny_model) -> Path:
+    """One tiny comparison for the session (test_report reads it too); tests copy before changing it."""
+    if tiny_model not in _FINISHED:
+        out = tmp_path_factory.mktemp("compare") / "cmp"
+        assert main(["compare", *tiny_overrides(tiny_model, out, "report_to=tensorboard")]) == 0
+        _FINISHED[tiny_model] = out
+    return _FINISHED[tiny_model]
+
+
+@pytest.fixture
 def comparison(tmp_path_factory, tiny_model) -> Path:
-    out = tmp_path_factory.mktemp("compare") / "cmp"
-    assert main(["compare", *tiny_overrides(tiny_model, out, "report_to=tensorboard")]) == 0
-    return out
+    return finished_comparison(tmp_path_factory, tiny_model)
 
 
 def test_table_has_every_method_with_the_runs_numbers(comparison):

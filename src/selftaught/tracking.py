@@ -8,6 +8,7 @@ a missing package is a one-line error before any work starts.
 from __future__ import annotations
 
 import os
+import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -135,7 +136,7 @@ class WandB(Tracker):
 
         id_file = self.run_dir / "wandb-id.txt"
         if not id_file.exists():
-            id_file.write_text(wandb.util.generate_id())
+            id_file.write_text(uuid.uuid4().hex[:8])
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "selftaught"), name=self.run_dir.name,
             id=id_file.read_text().strip(), resume="allow", dir=str(self.run_dir),
