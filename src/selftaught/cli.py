@@ -32,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     compare = sub.add_parser(
         "compare",
         help="run STaR and the paper's baselines on the same splits; write the table",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run (or reuse) three runs from one config: STaR, STaR without "
         "rationalization, and direct-answer fine-tuning, in OUTPUT_DIR/{star,"
         "star-no-rationalization,direct-finetune}; then write OUTPUT_DIR/comparison.{md,csv,json} "
