@@ -71,6 +71,7 @@ def test_rationales_pair_the_base_model_with_the_last_iteration(comparison):
         assert b == base[b["id"]] and f == last[b["id"]]
     changed = [b["correct"] != f["correct"] for b, f in pairs]
     assert changed == sorted(changed, reverse=True)  # changed answers come first
+    assert len({b["question"] for b, _ in pairs}) == len(pairs)
     assert "Rationales: base model vs. iteration 2" in page
 
 

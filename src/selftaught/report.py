@@ -128,7 +128,7 @@ BASELINE_STYLE = {
 def plot_accuracy(s: Subject):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(8.5, 4.2))
     runs = [s.run] + ([s.others["star-no-rationalization"]] if "star-no-rationalization" in s.others else [])
     for run, color in zip(runs, ("tab:blue", "tab:purple")):
         x = [m["iteration"] for m in run.history]
@@ -144,7 +144,7 @@ def plot_accuracy(s: Subject):
     held_out = s.run.history[0]["held_out"]
     ax.set_title(f"Held-out accuracy ({held_out} questions)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside, never over, the lines
     return fig
 
 
@@ -158,7 +158,8 @@ def plot_kept(s: Subject):
     x = [m["iteration"] for m in its]
     gen = [m.get("kept_generation", 0) + m.get("kept_answers", 0) for m in its]
     rat = [m.get("kept_rationalization", 0) for m in its]
-    ax.bar(x, gen, color="tab:blue", label="found by generation")
+    direct = s.run.name == "Direct fine-tuned"
+    ax.bar(x, gen, color="tab:blue", label="answers, no rationale" if direct else "found by generation")
     ax.bar(x, rat, bottom=gen, color="tab:orange", label="found by rationalization")
     for xi, g, r, m in zip(x, gen, rat, its):
         ax.annotate(f"{m['train_fraction']:.0%} of train", (xi, g + r), ha="center",
@@ -171,8 +172,8 @@ def plot_kept(s: Subject):
     ax.set_xlabel("iteration")
     ax.set_ylabel("training questions kept")
     ax.set_title("Rationales kept for fine-tuning")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.margins(y=0.12)
+    ax.set_ylim(0, 1.3 * max(train_size or 0, max(g + r for g, r in zip(gen, rat))))
+    ax.legend(fontsize=8, loc="upper left", ncols=3)  # above the bars, which end at the train size
     return fig
 
 
@@ -214,6 +215,7 @@ def plot_groups(s: Subject):
 
 
 def plot_loss(s: Subject):
+    import matplotlib
     import matplotlib.pyplot as plt
 
     losses = s.run.losses()
@@ -229,6 +231,7 @@ def plot_loss(s: Subject):
         ax.plot(range(1, len(curve) + 1), curve, color="tab:green", linestyle="-.",
                 label="direct fine-tune (answers only)")
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (rationale + answer tokens)")
     ax.set_title("Fine-tuning loss (each iteration starts again from the base model)")
@@ -244,7 +247,11 @@ def rationale_pairs(run: Run, k: int = RATIONALES_SHOWN) -> list[tuple[dict, dic
     if last == 0:
         return []
     base = {r["id"]: r for r in run.eval_records(0) if r.get("sample", 0) == 0}
-    pairs = [(base[r["id"]], r) for r in run.eval_records(last) if r["id"] in base and r.get("sample", 0) == 0]
+    pairs, seen = [], set()
+    for r in run.eval_records(last):
+        if r["id"] in base and r.get("sample", 0) == 0 and r["question"] not in seen:
+            seen.add(r["question"])  # a generated held-out set can repeat a question: show it once
+            pairs.append((base[r["id"]], r))
     kinds = [  # (base right, final right): fixed, broken, both right, both wrong
         [p for p in pairs if not p[0]["correct"] and p[1]["correct"]],
         [p for p in pairs if p[0]["correct"] and not p[1]["correct"]],
