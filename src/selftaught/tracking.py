@@ -156,4 +156,9 @@ class WandB(Tracker):
             self.run.log({"train/step": step, f"train/loss_iteration_{n:02d}": loss})
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        # finish() can return before wandb-core has written the history (offline: 5 runs in 16
+        # here); teardown waits for it, so the run folder is complete when the run ends.
+        wandb.teardown()
