@@ -1,4 +1,4 @@
-"""``selftaught`` command line: run (or resume) STaR, list tasks."""
+"""``selftaught`` command line: run (or resume) STaR, compare it with its baselines, report, list tasks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 from selftaught.config import ConfigError, RunConfig, describe, load_config
 
-# Keys a resumed run may change: they decide how far the loop goes, not what it computed.
-RESUMABLE_KEYS = ("loop.iterations", "loop.patience", "loop.min_improvement")
+# Keys a resumed run may change: they decide how far the loop goes or where it logs, not what
+# it computed.
+RESUMABLE_KEYS = ("loop.iterations", "loop.patience", "loop.min_improvement", "report_to")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +29,27 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished stage")
     run.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
+    compare = sub.add_parser(
+        "compare",
+        help="run STaR and the paper's baselines on the same splits; write the table",
+        description="Run (or reuse) three runs from one config: STaR, STaR without "
+        "rationalization, and direct-answer fine-tuning, in OUTPUT_DIR/{star,"
+        "star-no-rationalization,direct-finetune}; then write OUTPUT_DIR/comparison.{md,csv,json} "
+        "with five rows (few-shot direct, few-shot CoT, direct fine-tuned, STaR without "
+        "rationalization, STaR) and the report in OUTPUT_DIR/report. Run folders that already "
+        "exist with the same config are reused (resumed if unfinished).",
+        epilog="output_dir defaults to runs/compare-<config file name>; every key of "
+        "`selftaught run --help` applies (method and loop.rationalize are set per run).",
+    )
+    compare.add_argument("config", nargs="?", help="YAML config file (see configs/compare.yaml)")
+    compare.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    report = sub.add_parser(
+        "report", help="plots and a self-contained HTML page for a run or a comparison",
+        description="Render RUN_DIR (a run folder, or a comparison's output_dir) as PNG plots "
+        "and one self-contained HTML page, by default in RUN_DIR/report.",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR", help="run folder or comparison folder")
+    report.add_argument("--output", metavar="DIR", help="where to write (default RUN_DIR/report)")
     sub.add_parser("tasks", help="list the tasks and their options")
     show = sub.add_parser(
         "show-prompt",
@@ -54,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             return _tasks()
         if args.command == "show-prompt":
             return _show_prompt(args)
+        if args.command == "compare":
+            return _compare(args)
+        if args.command == "report":
+            return _report(args)
         return _run(args)
     except (ConfigError, DataError, RunFolderError, NothingKeptError, PromptTooLongError,
             SequenceTooLongError) as e:
@@ -65,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from selftaught.loop import default_output_dir, star
+    from selftaught.loop import default_output_dir, run
     from selftaught.store import RunStore
     from selftaught.tasks import get_task
+    from selftaught.tracking import check_trackers
 
     if args.resume:
         if args.config and "=" in args.config:  # `run --resume DIR key=value`
@@ -86,13 +113,14 @@ def _run(args: argparse.Namespace) -> int:
             args.overrides.insert(0, args.config)
             args.config = None
         config = load_config(args.config, args.overrides)
-        get_task(config.task.name, config.task.options)  # reject bad task options before any work
+        get_task(config.task.name, config.task.options).check_split(config.eval.split)  # before any work
+        check_trackers(config.report_to)
         if config.output_dir is None:
             config.output_dir = str(default_output_dir(config))
         store = RunStore.create(Path(config.output_dir), config.to_dict(), args.overwrite)
     print(f"run folder: {store.root}")
     try:
-        history = star(config, store)
+        history = run(config, store)
     except KeyboardInterrupt:
         print(f"\nselftaught: interrupted; finished stages are saved, continue with "
               f"`selftaught run --resume {store.root}`", file=sys.stderr)
@@ -100,6 +128,36 @@ def _run(args: argparse.Namespace) -> int:
     first, last = history[0], history[-1]
     print(f"done: held-out accuracy {first['accuracy']:.1%} (few-shot, iteration 0) -> "
           f"{last['accuracy']:.1%} (iteration {last['iteration']}); metrics in {store.root / 'metrics.jsonl'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from selftaught.compare import compare
+    from selftaught.report import render
+    from selftaught.tasks import get_task
+    from selftaught.tracking import check_trackers
+
+    if args.config and "=" in args.config and not Path(args.config).exists():
+        args.overrides.insert(0, args.config)
+        args.config = None
+    config = load_config(args.config, args.overrides)
+    get_task(config.task.name, config.task.options).check_split(config.eval.split)  # before any work
+    check_trackers(config.report_to)
+    name = Path(args.config).stem if args.config else config.task.name
+    root = Path(config.output_dir or Path("runs") / f"compare-{name}")
+    print(f"comparison folder: {root}")
+    compare(config, root)
+    print((root / "comparison.md").read_text(), end="")
+    print(f"table: {root / 'comparison.md'} and {root / 'comparison.csv'}; "
+          f"report: {render(root)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from selftaught.report import render
+
+    page = render(Path(args.run_dir), Path(args.output) if args.output else None)
+    print(f"report: {page} (plots beside it)")
     return 0
 
 

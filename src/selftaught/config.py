@@ -137,6 +137,11 @@ class TrainingConfig:
     lora_r: int = _help("LoRA rank.", default=16)
     lora_alpha: int = _help("LoRA alpha.", default=32)
     lora_dropout: float = _help("LoRA dropout.", default=0.0)
+    direct_steps: int | None = _help(
+        "Steps of the direct-answer fine-tuning baseline (method=direct_finetune). None: the "
+        "same rule as STaR, i.e. the steps STaR's final model M_N is trained with from M.",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         _choice("training.method", self.method, ("full", "lora"))
@@ -146,6 +151,7 @@ class TrainingConfig:
         _positive("training.micro_batch_size", self.micro_batch_size)
         _positive("training.max_seq_len", self.max_seq_len)
         _positive("training.lora_r", self.lora_r)
+        _positive("training.direct_steps", self.direct_steps, allow_none=True)
         _non_negative("training.warmup_steps", self.warmup_steps)
         if self.step_growth < 1:
             raise ConfigError(f"training.step_growth must be >= 1, got {self.step_growth}")
@@ -176,8 +182,18 @@ class EvalConfig:
         _positive("eval.size", self.size, allow_none=True)
 
 
+METHODS = ("star", "direct_finetune")
+TRACKERS = ("tensorboard", "wandb")
+
+
 @dataclass
 class RunConfig:
+    method: str = _help(
+        "'star': Algorithm 1 (iteration 0 is few-shot chain-of-thought). 'direct_finetune': "
+        "the paper's baseline, fine-tuning M to answer every training question without a "
+        "rationale (iteration 0 is few-shot direct answering).",
+        default="star",
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
@@ -188,6 +204,22 @@ class RunConfig:
     output_dir: str | None = _help(
         "Run folder (default: runs/<task>-<date>-<time>).", default=None
     )
+    report_to: list[str] = _help(
+        "Experiment trackers that get every iteration's metrics and training losses: "
+        "'tensorboard' (event files in RUN/tensorboard; pip install 'selftaught[tensorboard]') "
+        "and/or 'wandb' (project from $WANDB_PROJECT, default 'selftaught'; "
+        "pip install 'selftaught[wandb]'). Empty: none.",
+        default_factory=list,
+    )
+
+    def __post_init__(self) -> None:
+        _choice("method", self.method, METHODS)
+        for name in self.report_to:
+            _choice("report_to", name, TRACKERS)
+
+    def direct_finetune_steps(self) -> int:
+        """Baseline budget: by default what STaR's last model gets (§4.1 rule at n = N)."""
+        return self.training.direct_steps or self.training.steps(self.loop.iterations)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

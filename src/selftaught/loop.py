@@ -1,7 +1,8 @@
 """The STaR outer loop, Algorithm 1 of Zelikman et al. (2022), one call per line.
 
 Caching, batching and bookkeeping live in ``stages.py`` and ``store.py``; this file is the
-algorithm.
+algorithm, and beside it the paper's direct fine-tuning baseline (Table 1), the same steps
+without rationales.
 """
 
 from __future__ import annotations
@@ -14,6 +15,11 @@ from selftaught.models import resolve_base_model
 from selftaught.stages import Stages
 from selftaught.store import RunStore
 from selftaught.tasks import get_task
+
+
+def run(config: RunConfig, store: RunStore) -> list[dict]:
+    """The run ``config.method`` names; one metrics record per iteration."""
+    return {"star": star, "direct_finetune": direct_finetune}[config.method](config, store)
 
 
 def star(config: RunConfig, store: RunStore) -> list[dict]:
@@ -39,6 +45,22 @@ def star(config: RunConfig, store: RunStore) -> list[dict]:
             stages.say(f"held-out accuracy has not improved for {config.loop.patience} "
                        "iterations: stopping early")
             break
+    stages.close()
+    return history
+
+
+def direct_finetune(config: RunConfig, store: RunStore) -> list[dict]:
+    """Baseline (Table 1): fine-tune M to answer every training question, with no rationale."""
+    task = get_task(config.task.name, config.task.options)
+    train = task.load("train", config.task.train_size, config.seed)
+    held_out = task.load(config.eval.split, config.eval.size, config.seed)
+    base_model = resolve_base_model(config.model)
+    stages = Stages(config, task, store)  # method=direct_finetune: direct prompts throughout
+
+    history = [stages.evaluate(0, base_model, held_out)]  # few-shot direct accuracy of M
+    dataset = stages.answers(1, train)  # (x_i, y_i) for all i: the whole training set
+    model = stages.fine_tune(1, base_model, dataset, steps=config.direct_finetune_steps())
+    history.append(stages.evaluate(1, model, held_out))
     stages.close()
     return history
 

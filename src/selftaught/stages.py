@@ -7,9 +7,10 @@ resumed run never recomputes a finished stage.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -18,6 +19,7 @@ from selftaught.config import RunConfig
 from selftaught.generation import Generator, SamplingParams, get_generator
 from selftaught.store import RunStore
 from selftaught.tasks import Example, Task
+from selftaught.tracking import open_trackers
 from selftaught.training import TrainExample, get_trainer
 
 
@@ -36,6 +38,9 @@ class Stages:
         # Held-out accuracy is always measured greedily, one answer per question.
         self.greedy = SamplingParams(max_new_tokens=g.max_new_tokens, stop=self.sampling.stop)
         self.trainer = get_trainer(config.training, config.seed)
+        # The direct fine-tuning baseline prompts, trains and evaluates without rationales.
+        self.direct = config.method == "direct_finetune"
+        self.trackers = open_trackers(config.report_to, config.to_dict(), store.root)
         self._generator: Generator | None = None
 
     # --- Algorithm 1, one method per line ----------------------------------------------------
@@ -82,14 +87,23 @@ class Stages:
             self.store.write(n, "train", records)
         return [TrainExample(r["prompt"], r["completion"]) for r in self.store.read(n, "train")]
 
-    def fine_tune(self, n: int, base_model: str, dataset: list[TrainExample]) -> str:
+    def answers(self, n: int, train: list[Example]) -> list[TrainExample]:
+        """Direct fine-tuning baseline: every training question with its answer, no rationale."""
+        if not self.store.done(n, "train"):
+            self.store.write(n, "train", [{
+                "id": e.id, "source": "answers", "prompt": self._training_prompt(e),
+                "completion": self.task.format_answer("", e.answer) + self.sampling.stop[0],
+            } for e in train])
+        return [TrainExample(r["prompt"], r["completion"]) for r in self.store.read(n, "train")]
+
+    def fine_tune(self, n: int, base_model: str, dataset: list[TrainExample], steps: int | None = None) -> str:
         """Train M_n from the base model M (never from M_{n-1}) and return its checkpoint."""
         out = self.store.iteration_dir(n) / "checkpoint"
         summary = self.store.iteration_dir(n) / "train.json"
         if summary.exists():
             return str(out)
         self._release_generator()  # free its memory for training
-        steps = self.config.training.steps(n)  # §4.1: 40 · 1.2^(n-1)
+        steps = steps or self.config.training.steps(n)  # §4.1: 40 · 1.2^(n-1)
         partial = out.with_name("checkpoint.partial")
         shutil.rmtree(partial, ignore_errors=True)
         result = self.trainer.train(base_model, dataset, steps, partial)
@@ -102,6 +116,7 @@ class Stages:
         }, indent=1))
         self.store.record_stage(n, "fine_tune", seconds=result.seconds, tokens=result.tokens,
                                 tokens_per_second=result.tokens_per_second)
+        self.trackers.losses(n, result.losses)
         return str(out)
 
     def evaluate(self, n: int, model: str, held_out: list[Example]) -> dict[str, Any]:
@@ -112,6 +127,7 @@ class Stages:
         records = self._complete(n, "eval", model, held_out, hint=False, params=self.greedy)
         record = self._metrics(n, records)
         self.store.add_metrics(record)
+        self.trackers.metrics(record)
         self.say(summary_line(record))
         return record
 
@@ -126,12 +142,12 @@ class Stages:
 
         def compute(chunk: list[Example]) -> list[dict]:
             nonlocal tokens
-            prompts = [self.task.prompt(e, hint) for e in chunk]
+            prompts = [self.task.prompt(e, hint, direct=self.direct) for e in chunk]
             outputs = self._generator_for(model).generate(prompts, params, desc=f"iteration {n} {stage}")
             records = []
             for e, prompt, samples in zip(chunk, prompts, outputs):
                 for k, c in enumerate(samples):
-                    predicted = self.task.extract_answer(c.text)
+                    predicted = self.task.extract_answer(c.text, e)
                     tokens += c.tokens
                     records.append({
                         "id": e.id, "sample": k, "stage": stage, "group": e.group,
@@ -150,7 +166,7 @@ class Stages:
 
     def _training_prompt(self, example: Example) -> str:
         if self.config.training.keep_fewshot_prompt:
-            return self.task.prompt(example, hint=False)
+            return self.task.prompt(example, hint=False, direct=self.direct)
         return self.task.format_question(example, hint=False)
 
     def _generator_for(self, model: str) -> Generator:
@@ -166,6 +182,7 @@ class Stages:
 
     def close(self) -> None:
         self._release_generator()
+        self.trackers.close()
 
     def _metrics(self, n: int, eval_records: list[dict]) -> dict[str, Any]:
         by_group: dict[str, list[bool]] = defaultdict(list)
@@ -177,16 +194,21 @@ class Stages:
             "accuracy": correct / len(eval_records),
             "correct": correct,
             "held_out": len(eval_records),
-            "accuracy_by_group": {g: sum(v) / len(v) for g, v in sorted(by_group.items())},
+            "accuracy_by_group": {g: sum(v) / len(v) for g, v in sorted(by_group.items(), key=_natural)},
         }
         stats = self.store.stage_stats(n)
         if n > 0:
             kept = self.store.read(n, "train")
-            train_questions = len({r["id"] for r in self.store.read(n, "generations")})
+            sources = Counter(r["source"] for r in kept)
+            # The direct baseline keeps every question it was given: it generates nothing.
+            train_questions = (len({r["id"] for r in self.store.read(n, "generations")})
+                               if self.store.done(n, "generations") else len(kept))
             summary = json.loads((self.store.iteration_dir(n) / "train.json").read_text())
+            if self.direct:
+                record["kept_answers"] = sources["answers"]
             record.update({
-                "kept_generation": sum(r["source"] == "generations" for r in kept),
-                "kept_rationalization": sum(r["source"] == "rationalizations" for r in kept),
+                "kept_generation": sources["generations"],
+                "kept_rationalization": sources["rationalizations"],
                 "train_fraction": len(kept) / train_questions,
                 "steps": summary["steps"],
                 "final_loss": summary["losses"][-1] if summary["losses"] else None,
@@ -204,7 +226,10 @@ class Stages:
 
 def summary_line(m: dict[str, Any]) -> str:
     line = f"iteration {m['iteration']}: held-out accuracy {m['accuracy']:.1%} ({m['correct']}/{m['held_out']})"
-    if m["iteration"] > 0:
+    if m["iteration"] > 0 and "kept_answers" in m:
+        line += (f" | fine-tuned on {m['kept_answers']} direct answers | {m['steps']} steps, "
+                 f"final loss {m['final_loss']:.3f}")
+    elif m["iteration"] > 0:
         line += (f" | kept {m['kept_generation']} generated + {m['kept_rationalization']} "
                  f"rationalized = {m['train_fraction']:.1%} of train | {m['steps']} steps, "
                  f"final loss {m['final_loss']:.3f}")
@@ -215,3 +240,7 @@ def _duration(seconds: float) -> str:
     m, s = divmod(int(round(seconds)), 60)
     return f"{m}m{s:02d}s" if m else f"{s}s"
 
+
+def _natural(item: tuple[str, Any]) -> list:
+    """Sort key that puts "2 digits" before "10 digits"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", item[0])]
