@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from selftaught.config import TrainingConfig
 from selftaught.training import TrainExample, get_trainer
 from selftaught.training.flops import computed_flops, matmul_peak_tflops, model_flops_per_token
-from selftaught.training.transformers_backend import SequenceTooLongError, _pack
+from selftaught.training.transformers_backend import SequenceTooLongError, _loss_logits, _pack
 
 EXAMPLES = [
     TrainExample("Q: What is 3 + 4?\nA:", " 3 + 4 = 7. The answer is 7.\n\n"),
@@ -39,21 +39,24 @@ def test_targets_cover_exactly_the_completion(random_model):
         assert first == len(ids) - len(completion) - 1
 
 
-def test_packed_row_equals_separate_sequences(random_model):
-    """Positions restarting per sequence give block-diagonal attention: no cross-talk."""
+@pytest.mark.parametrize("row_tokens", [512, 30])
+def test_packed_rows_equal_separate_sequences(random_model, row_tokens):
+    """Positions restarting per sequence give block-diagonal attention: no cross-talk, in one
+    row or in several padded rows."""
     tok = AutoTokenizer.from_pretrained(random_model)
     seqs = _trainer()._tokenize(tok, EXAMPLES)
     model = AutoModelForCausalLM.from_pretrained(random_model, dtype=torch.float32,
                                                  attn_implementation="eager").eval()
-    ids, positions, keep, labels = _pack(seqs, "cpu")
+    ids, positions, where, labels, pads = _pack(seqs, "cpu", row_tokens)
+    assert ids.shape[0] == (1 if row_tokens == 512 else 3)
+    assert ids.numel() - pads == sum(len(x) for x, _ in seqs)
     with torch.no_grad():
-        packed = model(input_ids=ids, position_ids=positions, logits_to_keep=keep,
-                       use_cache=False).logits[0]  # as the trainer calls it
+        packed = _loss_logits(model, ids, positions, where)  # as the trainer calls it
         alone = torch.cat([
             model(input_ids=torch.tensor([x])).logits[0][[i for i, t in enumerate(y) if t != -100]]
             for x, y in seqs
         ])
-    assert packed.shape == alone.shape and len(labels) == len(packed)
+    assert labels.tolist() == [t for _, y in seqs for t in y if t != -100]
     torch.testing.assert_close(packed, alone, atol=1e-4, rtol=1e-4)
 
 
@@ -65,7 +68,7 @@ def test_training_lowers_the_loss_and_reports_utilisation(random_model, tmp_path
     n_tokens = sum(len(tok(e.prompt + e.completion)["input_ids"]) for e in EXAMPLES)
     assert abs(result.tokens - 15 * n_tokens) <= 15 * len(EXAMPLES)  # packed: no padding counted
     x = result.extra
-    assert x["padding_tokens"] == 0 and x["bf16"] is bf16
+    assert x["padding_tokens"] == 0 and x["bf16"] is bf16  # three short examples: one row
     assert 0 < x["mfu"] and 0 < x["hardware_flop_utilisation"] <= x["mfu"]
     assert x["peak_dtype"] == ("bfloat16" if bf16 else "float32")
     json.dumps(x)  # the loop writes it into train.json
@@ -90,3 +93,10 @@ def test_flop_accounting():
     # full fine-tune: the output layer (40 of 100) runs on 3 loss positions out of 10 tokens
     assert computed_flops(100, 100, 40, tokens=10, loss_tokens=3) == 6 * 60 * 10 + 6 * 40 * 3
     assert 0 < matmul_peak_tflops(torch.float32, "cpu", 256) < 100
+
+
+def test_lora_trains_through_the_same_loop(random_model, tmp_path):
+    result = _trainer(method="lora", lora_r=4, learning_rate=2e-2).train(random_model, EXAMPLES, 10, tmp_path)
+    assert result.losses[-1] < result.losses[0]
+    assert (Path(tmp_path) / "adapter_config.json").exists()
+    assert 0 < result.extra["hardware_flop_utilisation"] <= result.extra["mfu"]

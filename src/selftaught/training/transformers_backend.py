@@ -5,12 +5,12 @@ optimizer *steps* (not epochs) per iteration, wants the completion-only mask bui
 two halves it already has (no second tokenisation pass), and this loop is where tokens/s and
 FLOP utilisation are measured. Three things make it fast on a CPU:
 
-* **packing**: the sequences of a micro-batch are laid end to end in one row, with positions
-  restarting at each sequence, so transformers builds a block-diagonal causal mask and no
-  compute goes to padding;
+* **packing**: the sequences of a micro-batch are laid end to end in rows of up to 512
+  tokens, with positions restarting at each sequence, so transformers builds a
+  block-diagonal causal mask and next to no compute goes to padding;
 * **the output layer only where there is a loss**: the 49152 x 576 ``lm_head`` and the
-  cross-entropy run on completion positions only (``logits_to_keep`` with indices), not on
-  the prompt, which is about half the tokens;
+  cross-entropy run on completion positions only, not on the prompt, which is about half
+  the tokens;
 * **bf16 weights with an fp32 master copy** (where the processor has bf16 matmuls): forward
   and backward run in bf16 without autocast re-casting every weight on every pass, and Adam
   updates fp32 copies, so small updates are not rounded away.
@@ -30,6 +30,9 @@ from selftaught.training.base import TrainExample, Trainer, TrainResult, registe
 from selftaught.training.flops import computed_flops, matmul_peak_tflops, model_flops_per_token
 
 
+ROW_TOKENS = 512  # packed row length (a longer sequence gets a row of its own)
+
+
 class SequenceTooLongError(ValueError):
     pass
 
@@ -47,11 +50,11 @@ class TransformersTrainer(Trainer):
         bf16 = cfg.bf16 if cfg.bf16 is not None else _bf16_supported(device)
         tokenizer = AutoTokenizer.from_pretrained(base_model)
         sequences = self._tokenize(tokenizer, examples)
-        longest_row = sum(sorted(len(x) for x, _ in sequences)[-cfg.micro_batch_size :])
         # Packed rows of a few hundred tokens: plain matmul + softmax attention ran ~3x faster
         # than CPU flash attention's backward with a block-diagonal mask; longer rows keep SDPA,
         # which never materialises the (rows x rows) scores.
-        attention = "eager" if device == "cpu" and longest_row <= 512 else "sdpa"
+        longest = max(len(x) for x, _ in sequences)
+        attention = "eager" if device == "cpu" and longest <= ROW_TOKENS else "sdpa"
         model = AutoModelForCausalLM.from_pretrained(
             base_model, dtype=torch.float32, attn_implementation=attention).to(device)
         if cfg.method == "lora":
@@ -70,7 +73,7 @@ class TransformersTrainer(Trainer):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
         order = _Sampler(len(sequences), self.seed)
 
-        losses, tokens, loss_tokens = [], 0, 0
+        losses, tokens, loss_tokens, padding = [], 0, 0, 0
         compute_s = optimizer_s = 0.0
         start = time.perf_counter()
         bar = tqdm(range(steps), desc="fine-tune", unit="step", leave=False)
@@ -80,14 +83,14 @@ class TransformersTrainer(Trainer):
             targets = sum(sum(1 for t in tgt if t != -100) for _, tgt in batch)
             step_loss = 0.0
             for m in range(0, len(batch), cfg.micro_batch_size):
-                ids, positions, keep, labels = _pack(batch[m : m + cfg.micro_batch_size], device)
+                ids, positions, where, labels, pads = _pack(batch[m : m + cfg.micro_batch_size], device)
                 # Loss on the rationale and answer only: logits exist only where a label does.
-                logits = model(input_ids=ids, position_ids=positions, logits_to_keep=keep,
-                               use_cache=False).logits[0]
+                logits = _loss_logits(model, ids, positions, where)
                 loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum") / targets
                 loss.backward()
                 step_loss += loss.item()
-                tokens += ids.shape[1]
+                tokens += ids.numel() - pads
+                padding += pads
                 loss_tokens += len(labels)
             t1 = time.perf_counter()
             if master:
@@ -113,7 +116,7 @@ class TransformersTrainer(Trainer):
             checkpoint=str(out_dir), steps=steps, seconds=seconds, tokens=tokens, losses=losses,
             extra={"bf16": bf16, "method": cfg.method, "examples": len(examples),
                    **_utilisation(model, params, tokens, loss_tokens, seconds, bf16, device),
-                   "loss_tokens": loss_tokens, "padding_tokens": 0,
+                   "loss_tokens": loss_tokens, "padding_tokens": padding,
                    "seconds_forward_backward": round(compute_s, 3),
                    "seconds_optimizer": round(optimizer_s, 3)},
         )
@@ -139,14 +142,44 @@ class TransformersTrainer(Trainer):
         return out
 
 
-def _pack(batch: list[tuple[list[int], list[int]]], device: str):
-    """One row holding every sequence; positions restart per sequence (block-diagonal attention)."""
-    ids = [t for x, _ in batch for t in x]
-    positions = [p for x, _ in batch for p in range(len(x))]
-    targets = [t for _, y in batch for t in y]
-    keep = [i for i, t in enumerate(targets) if t != -100]
-    return (torch.tensor([ids], device=device), torch.tensor([positions], device=device),
-            torch.tensor(keep, device=device), torch.tensor([targets[i] for i in keep], device=device))
+def _pack(batch: list[tuple[list[int], list[int]]], device: str, row_tokens: int = ROW_TOKENS):
+    """Sequences laid end to end in rows of at most ``row_tokens`` (or the longest sequence).
+
+    Positions restart at every sequence, which transformers turns into block-diagonal causal
+    attention. Rows are capped because attention inside a row is computed densely: one row of
+    16 few-shot prompts would spend 16x the attention FLOPs. The short tail padding each row
+    gets is a sequence of its own, with no loss. Returns ids and positions [rows, width],
+    the (row, position) of every loss target, the targets, and the number of padding tokens.
+    """
+    rows: list[list[tuple[list[int], list[int]]]] = []
+    limit = max(row_tokens, max(len(x) for x, _ in batch))
+    for seq in batch:
+        if rows and sum(len(x) for x, _ in rows[-1]) + len(seq[0]) <= limit:
+            rows[-1].append(seq)
+        else:
+            rows.append([seq])
+    width = max(sum(len(x) for x, _ in r) for r in rows)
+    ids, positions, targets = [], [], []
+    for r in rows:
+        pad = width - sum(len(x) for x, _ in r)
+        ids.append([t for x, _ in r for t in x] + [0] * pad)
+        positions.append([p for x, _ in r for p in range(len(x))] + list(range(pad)))
+        targets.append([t for _, y in r for t in y] + [-100] * pad)
+    where = [(i, j) for i, row in enumerate(targets) for j, t in enumerate(row) if t != -100]
+    labels = [targets[i][j] for i, j in where]
+    pads = len(rows) * width - sum(len(x) for x, _ in batch)
+    return (torch.tensor(ids, device=device), torch.tensor(positions, device=device),
+            torch.tensor(where, device=device).T, torch.tensor(labels, device=device), pads)
+
+
+def _loss_logits(model, ids: torch.Tensor, positions: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Logits at the loss positions only: the output layer never runs on prompt tokens."""
+    config = model.config
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        # the CausalLM head does more than a linear layer: let it run, then select
+        return model(input_ids=ids, position_ids=positions, use_cache=False).logits[where[0], where[1]]
+    hidden = model.get_decoder()(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
+    return model.get_output_embeddings()(hidden[where[0], where[1]])
 
 
 class _MasterWeights:
