@@ -91,9 +91,45 @@ class GenerationConfig:
     stop: list[str] | None = _help(
         "Stop strings ending a completion (None: the task's own).", default=None
     )
+    server_url: str = _help(
+        "backend=openai: base URL of an OpenAI-compatible completions server (vLLM, SGLang, "
+        "llama.cpp server), up to and including /v1.",
+        default="http://127.0.0.1:8000/v1",
+    )
+    server_command: str | None = _help(
+        "backend=openai: command that starts a server for a checkpoint, with {model} and {port} "
+        "filled in, e.g. 'vllm serve {model} --port {port}'; selftaught starts it for every "
+        "iteration's model and stops it after. None: use the server already at server_url, "
+        "which must serve the model being generated with.",
+        default=None,
+    )
+    server_concurrency: int = _help(
+        "backend=openai: requests in flight at once (the server batches them).", default=32
+    )
+    server_retries: int = _help(
+        "backend=openai: retries of a request after a connection error, time-out, 429 or 5xx.",
+        default=4,
+    )
+    server_timeout: float = _help(
+        "backend=openai: seconds to wait for one completion (and for a started server to come up, x10).",
+        default=120.0,
+    )
+    vllm_gpu_memory_utilization: float = _help(
+        "backend=vllm: fraction of GPU memory vLLM may take (freed before each fine-tune).",
+        default=0.85,
+    )
 
     def __post_init__(self) -> None:
         _positive("generation.batch_size", self.batch_size)
+        _positive("generation.server_concurrency", self.server_concurrency)
+        _non_negative("generation.server_retries", self.server_retries)
+        if not self.server_timeout > 0:
+            raise ConfigError(f"generation.server_timeout must be > 0 seconds, got {self.server_timeout}")
+        if not self.server_url.startswith(("http://", "https://")):
+            raise ConfigError(f"generation.server_url must start with http:// or https://, got {self.server_url!r}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ConfigError("generation.vllm_gpu_memory_utilization must be in (0, 1], got "
+                              f"{self.vllm_gpu_memory_utilization}")
         _positive("generation.max_new_tokens", self.max_new_tokens)
         _positive("generation.samples_per_question", self.samples_per_question)
         if self.temperature < 0:

@@ -1,6 +1,7 @@
 """Generators: backends that turn prompts into completions."""
 
-from selftaught.generation import transformers_backend  # noqa: F401  (registers the backend)
+# Importing a backend registers it; vllm_backend imports vllm only when it is used.
+from selftaught.generation import openai_server, transformers_backend, vllm_backend  # noqa: F401
 from selftaught.generation.base import (
     Completion,
     Generator,

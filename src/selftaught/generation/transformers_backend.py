@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, DynamicCache
 
 from selftaught.config import GenerationConfig, ModelConfig
+from selftaught.generation.shared_prefix import ATTENTION, SuffixCache, encode_prefix, supports_shared_prefix
 from selftaught.models import load_causal_lm
 from selftaught.generation.base import (
     Completion,
@@ -64,7 +65,10 @@ class TransformersGenerator(Generator):
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = next(iter(self.eos_ids), 0)
-        self._prefix: tuple[tuple[int, ...], DynamicCache] | None = None
+        self.shared_prefix = supports_shared_prefix(self.model)
+        if self.shared_prefix:
+            self.model.set_attn_implementation(ATTENTION)
+        self._prefix: tuple[tuple[int, ...], object] | None = None
 
     def close(self) -> None:
         self._prefix = None
@@ -105,16 +109,6 @@ class TransformersGenerator(Generator):
                 "use fewer or shorter few-shot examples, or lower generation.max_new_tokens"
             )
 
-    def _prefix_cache(self, prefix: tuple[int, ...]) -> DynamicCache | None:
-        if not prefix:
-            return None
-        if self._prefix is None or self._prefix[0] != prefix:
-            cache = DynamicCache(config=self.model.config)
-            x = torch.tensor([prefix], device=self.device)
-            self.model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=1)
-            self._prefix = (prefix, cache)
-        return self._prefix[1]
-
     def _decode_batch(
         self,
         prefix: tuple[int, ...],
@@ -126,26 +120,19 @@ class TransformersGenerator(Generator):
         dev = self.device
         # Left-pad each suffix *after* the shared prefix: [prefix | pad | suffix].
         input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, p + width), dtype=torch.long)
-        mask[:, :p] = 1
+        valid = torch.zeros((n, width), dtype=torch.bool)  # which suffix positions are real
         positions = torch.zeros((n, width), dtype=torch.long)
         for r, s in enumerate(suffixes):
             pad = width - len(s)
             input_ids[r, pad:] = torch.tensor(s)
-            mask[r, p + pad :] = 1
+            valid[r, pad:] = True
             positions[r, pad:] = torch.arange(p, p + len(s))
-        input_ids, mask, positions = input_ids.to(dev), mask.to(dev), positions.to(dev)
+        input_ids, valid, positions = input_ids.to(dev), valid.to(dev), positions.to(dev)
 
-        cache = DynamicCache(config=self.model.config)
-        shared = self._prefix_cache(prefix)
-        if shared is not None:
-            for layer, src in enumerate(shared.layers):
-                cache.update(src.keys.expand(n, -1, -1, -1).clone(),
-                             src.values.expand(n, -1, -1, -1).clone(), layer)
-
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         cache=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1].float()
+        cache, shared = self._start_cache(prefix, n, width + params.max_new_tokens)
+        if shared is None and p:  # the copying path attends to the prefix through the mask
+            valid = torch.cat([valid.new_ones((n, p)), valid], dim=1)
+        logits = self._forward(input_ids, positions, valid, cache, shared)
         next_pos = positions[:, -1:] + 1
         alive = list(range(n))  # original row of each live batch row
         generated: list[list[int]] = [[] for _ in range(n)]
@@ -163,17 +150,52 @@ class TransformersGenerator(Generator):
                 break
             if len(keep) < len(alive):  # drop finished rows from the batch and the cache
                 idx = torch.tensor(keep, device=dev)
-                cache.batch_select_indices(idx)
-                mask, next_pos = mask[idx], next_pos[idx]
+                if shared is None:
+                    cache.batch_select_indices(idx)
+                else:
+                    cache.select_rows(idx)
+                valid, next_pos = valid[idx], next_pos[idx]
                 alive = [alive[j] for j in keep]
                 tokens = [tokens[j] for j in keep]
             step_ids = torch.tensor(tokens, device=dev)[:, None]
-            mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
-            out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=next_pos,
-                             cache=cache, use_cache=True)
-            logits = out.logits[:, -1].float()
+            valid = torch.cat([valid, valid.new_ones((len(alive), 1))], dim=1)
+            logits = self._forward(step_ids, next_pos, valid, cache, shared)
             next_pos = next_pos + 1
         return [done[r] for r in range(n)]
+
+    def _start_cache(self, prefix: tuple[int, ...], n: int, capacity: int):
+        """A fresh cache for ``n`` rows, and the shared prefix's keys/values if attention reads it apart."""
+        if self.shared_prefix and prefix:
+            if self._prefix is None or self._prefix[0] != prefix:
+                self._prefix = (prefix, encode_prefix(self.model, torch.tensor(prefix, device=self.device)))
+            return SuffixCache(self.model.config.num_hidden_layers, capacity), self._prefix[1]
+        # Fallback for attention that the shared-prefix path does not cover (sliding windows,
+        # soft-capping...): copy the prefix cache into every row.
+        cache = DynamicCache(config=self.model.config)
+        if prefix:
+            if self._prefix is None or self._prefix[0] != prefix:
+                full = DynamicCache(config=self.model.config)
+                self.model(input_ids=torch.tensor([prefix], device=self.device), cache=full,
+                           use_cache=True, logits_to_keep=1)
+                self._prefix = (prefix, full)
+            for layer, src in enumerate(self._prefix[1].layers):
+                cache.update(src.keys.expand(n, -1, -1, -1).clone(),
+                             src.values.expand(n, -1, -1, -1).clone(), layer)
+        return cache, None
+
+    def _forward(self, ids, positions, valid, cache, shared) -> torch.Tensor:
+        """Logits of the last position of each row, in float32."""
+        if shared is not None:
+            t, s = ids.shape[1], valid.shape[1]
+            seen = valid[:, None, :].expand(-1, t, -1)
+            if t > 1:  # causal among the new tokens
+                seen = seen & torch.ones(t, s, dtype=torch.bool, device=valid.device).tril(s - t)
+            out = self.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True,
+                             logits_to_keep=1, shared_prefix=shared, suffix_mask=seen)
+        else:
+            out = self.model(input_ids=ids, attention_mask=valid.long(), position_ids=positions,
+                             cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float()
 
     def _finish(self, generated: list[int], tok: int, params: SamplingParams, last: bool) -> Completion | None:
         """Append ``tok``; return the Completion if the sequence is over, else None."""

@@ -1,0 +1,54 @@
+"""FLOP accounting for fine-tuning: model FLOPs per token and this machine's matmul peak.
+
+Model FLOP utilisation (MFU, PaLM appendix B; nanoGPT prints it while training) is
+``6 · N · tokens/s`` divided by a peak. Vendor peaks mean little on a shared CPU, so the peak
+is *measured*: the best of a few large square matmuls in the training precision.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def matmul_peak_tflops(dtype: torch.dtype = torch.bfloat16, device: str = "cpu", size: int = 2048) -> float:
+    """Best TFLOP/s of ``size``-square matmuls over ~0.5 s: the peak that MFU is measured against."""
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    flops = 2 * size**3
+    best = 0.0
+    torch.matmul(a, b)  # warm-up (oneDNN picks its kernel on the first call)
+    deadline = time.perf_counter() + 0.5
+    while time.perf_counter() < deadline or best == 0.0:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(4):
+            torch.matmul(a, b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 4 * flops / (time.perf_counter() - t))
+    return best / 1e12
+
+
+def model_flops_per_token(n_params: int, trainable: int) -> int:
+    """6N for a full fine-tune: 2N forward, 2N for activation gradients, 2N for weight gradients.
+
+    With LoRA the frozen weights get no gradient: 4N plus 2 per trainable parameter.
+    """
+    return 4 * n_params + 2 * trainable
+
+
+def computed_flops(n_params: int, trainable: int, embedding: int, tokens: int, loss_tokens: int) -> int:
+    """FLOPs the trainer really runs: the output layer only at positions that carry a loss.
+
+    ``embedding`` is the vocabulary x hidden output layer (tied or not; the input lookup is no
+    matmul). Attention scores are left out, as in the 6N estimate (sequences here are short).
+    """
+    if trainable >= n_params:  # full fine-tune
+        return 6 * (n_params - embedding) * tokens + 6 * embedding * loss_tokens
+    # LoRA: frozen body and output layer, trainable adapters in the body
+    return (4 * (n_params - embedding) + 2 * trainable) * tokens + 4 * embedding * loss_tokens

@@ -1,0 +1,214 @@
+"""The OpenAI-compatible server backend, against a small server speaking the protocol over loopback.
+
+The server below answers ``GET /v1/models`` and ``POST /v1/completions`` as vLLM does
+(``stop_reason`` included), generating with the tiny model through the transformers backend;
+it can fail its first requests to exercise retries. Run as a script it is a standalone
+server, which ``generation.server_command`` starts in one test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from selftaught.config import GenerationConfig, ModelConfig
+from selftaught.generation import SamplingParams, get_generator
+from selftaught.generation.openai_server import ServerRequestError, ServerUnavailableError
+from selftaught.tasks import get_task
+
+TASK = get_task("addition", {"digits_min": 1, "digits_max": 2})
+
+
+class CompletionsServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, model: str, port: int = 0, fail_first: int = 0, drop_first: int = 0):
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.model = model
+        self.generator = get_generator(model, ModelConfig(dtype="float32"), GenerationConfig(batch_size=1))
+        self.lock = threading.Lock()  # one generation at a time; requests still overlap in flight
+        self.fail_first, self.drop_first = fail_first, drop_first
+        self.requests = self.in_flight = self.max_in_flight = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def __enter__(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: CompletionsServer
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_GET(self):
+        if self.path != "/v1/models":
+            return self._send(404, {"error": {"message": f"no route {self.path}"}})
+        self._send(200, {"object": "list", "data": [{"id": self.server.model, "object": "model"}]})
+
+    def do_POST(self):
+        s = self.server
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with s.lock:
+            s.requests += 1
+            n = s.requests
+            s.in_flight += 1
+            s.max_in_flight = max(s.max_in_flight, s.in_flight)
+        try:
+            if n <= s.drop_first:  # connection closed with no answer
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            if n <= s.drop_first + s.fail_first:
+                return self._send(503, {"error": {"message": "server busy, retry"}})
+            if self.path != "/v1/completions" or body.get("model") != s.model:
+                return self._send(404, {"error": {"message": f"model {body.get('model')!r} does not exist"}})
+            if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] <= 0:
+                return self._send(400, {"error": {"message": "max_tokens must be a positive integer"}})
+            time.sleep(0.02)  # let concurrent requests overlap
+            params = SamplingParams(max_new_tokens=body["max_tokens"], temperature=body.get("temperature", 1.0),
+                                    top_p=body.get("top_p", 1.0), stop=tuple(body.get("stop") or ()),
+                                    seed=body.get("seed") or 0)
+            with s.lock:
+                (c,), = s.generator.generate([body["prompt"]], params)
+            finish = "length" if c.finish == "length" else "stop"
+            self._send(200, {
+                "id": f"cmpl-{n}", "object": "text_completion", "created": int(time.time()), "model": s.model,
+                "choices": [{"index": 0, "text": c.text, "logprobs": None, "finish_reason": finish,
+                             "stop_reason": c.stop}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": c.tokens, "total_tokens": c.tokens},
+            })
+        finally:
+            with s.lock:
+                s.in_flight -= 1
+
+    def _send(self, code: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _config(url: str, **kw) -> GenerationConfig:
+    return GenerationConfig(backend="openai", server_url=url, **{"server_retries": 3, **kw})
+
+
+def _prompts(k: int = 6) -> list[str]:
+    return [TASK.prompt(e) for e in TASK.load("test", k, seed=5)]
+
+
+GREEDY = SamplingParams(max_new_tokens=20, stop=TASK.stop)
+
+
+def test_same_completions_as_the_local_generator(tiny_model):
+    local = get_generator(tiny_model, ModelConfig(dtype="float32"), GenerationConfig(batch_size=1))
+    expected = local.generate(_prompts(), GREEDY)
+    with CompletionsServer(tiny_model) as server:
+        remote = get_generator(tiny_model, ModelConfig(), _config(server.url, server_concurrency=4))
+        got = remote.generate(_prompts(), GREEDY)
+    assert [(c.text, c.tokens, c.finish, c.stop) for (c,) in got] == \
+           [(c.text, c.tokens, c.finish, c.stop) for (c,) in expected]
+    assert server.max_in_flight >= 2  # requests really were concurrent
+    assert remote.stats.tokens == sum(c.tokens for (c,) in got)
+
+
+def test_samples_per_prompt_are_distinct_requests(tiny_model):
+    with CompletionsServer(tiny_model) as server:
+        g = get_generator(tiny_model, ModelConfig(), _config(server.url))
+        params = SamplingParams(max_new_tokens=12, temperature=1.0, n=3, stop=TASK.stop, seed=1)
+        a, b = g.generate(_prompts(2), params), g.generate(_prompts(2), params)
+    assert [len(x) for x in a] == [3, 3] and server.requests == 12
+    assert [[c.text for c in x] for x in a] == [[c.text for c in x] for x in b]  # seeded
+
+
+def test_retries_after_dropped_connections_and_503(tiny_model):
+    with CompletionsServer(tiny_model, fail_first=2, drop_first=1) as server:
+        g = get_generator(tiny_model, ModelConfig(), _config(server.url, server_concurrency=1))
+        got = g.generate(_prompts(2), GREEDY)
+    assert server.requests == 2 + 3  # two answers after three failed attempts
+    assert all(c.text for (c,) in got)
+
+
+def test_gives_up_with_a_clear_error_when_failures_persist(tiny_model):
+    with CompletionsServer(tiny_model, fail_first=100) as server:
+        g = get_generator(tiny_model, ModelConfig(), _config(server.url, server_retries=2))
+        with pytest.raises(ServerUnavailableError, match=r"after 3 attempts \(HTTP 503"):
+            g.generate(_prompts(1), GREEDY)
+
+
+def test_client_errors_are_not_retried(tiny_model):
+    with CompletionsServer(tiny_model) as server:
+        g = get_generator(tiny_model, ModelConfig(), _config(server.url))
+        with pytest.raises(ServerRequestError, match="400: .*max_tokens"):
+            g.generate(_prompts(1), SamplingParams(max_new_tokens=0))
+    assert server.requests == 1
+
+
+def test_server_down_is_a_clear_error():
+    with _closed_port() as port:
+        start = time.perf_counter()
+        with pytest.raises(ServerUnavailableError, match=rf"127.0.0.1:{port}.*vllm serve"):
+            get_generator("some/model", ModelConfig(), _config(f"http://127.0.0.1:{port}/v1", server_retries=1))
+        assert time.perf_counter() - start < 5
+
+
+def test_wrong_model_on_the_server_is_refused(tiny_model, random_model):
+    with CompletionsServer(tiny_model) as server:
+        with pytest.raises(ServerUnavailableError, match="server_command"):
+            get_generator(random_model, ModelConfig(), _config(server.url))
+
+
+def test_server_command_starts_and_stops_a_server_per_model(tiny_model):
+    command = f"{sys.executable} {__file__} --model {{model}} --port {{port}}"
+    g = get_generator(tiny_model, ModelConfig(), _config("http://127.0.0.1:1/v1", server_command=command,
+                                                          server_timeout=30))
+    process = g.process
+    assert process.poll() is None and not g.url.endswith(":1/v1")
+    (c,), = g.generate(_prompts(1), GREEDY)
+    assert c.tokens > 0
+    g.close()
+    assert process.poll() is not None  # stopped
+
+
+def test_failing_server_command_is_a_clear_error(tiny_model):
+    with pytest.raises(ServerUnavailableError, match="exited with status"):
+        get_generator(tiny_model, ModelConfig(),
+                      _config("http://127.0.0.1:8000/v1", server_command=f"{sys.executable} -c 'raise SystemExit(3)'"))
+
+
+class _closed_port:
+    """A loopback port with nothing listening on it."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def __exit__(self, *exc):
+        return False
+
+
+if __name__ == "__main__":  # a standalone server, for generation.server_command
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    CompletionsServer(args.model, args.port).serve_forever()
