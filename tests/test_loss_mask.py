@@ -16,11 +16,12 @@ EXAMPLES = [
 def test_prompt_tokens_are_masked(tiny_model):
     trainer = get_trainer(TrainingConfig())
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    for (ids, labels), e in zip(trainer._tokenize(tokenizer, EXAMPLES), EXAMPLES):
+    for (ids, targets), e in zip(trainer._tokenize(tokenizer, EXAMPLES), EXAMPLES):
         p = tokenizer(e.prompt, add_special_tokens=False)["input_ids"]
         c = tokenizer(e.completion, add_special_tokens=False)["input_ids"]
         assert ids == p + c
-        assert labels == [-100] * len(p) + c
+        # position t is trained to predict token t+1: only completion tokens are ever targets
+        assert targets == [-100] * (len(p) - 1) + c + [-100]
 
 
 def _nll(model, tokenizer, completion_only: bool) -> float:
