@@ -37,13 +37,13 @@ def test_plain_addition_prompt_is_unchanged():
     """The default run depends on this exact text (the embedded model follows it)."""
     task = get_task("addition")
     example = task.load("train", 1, seed=0)[0]
-    assert example == Example("train-0", "36 + 56", "92", group="2 digits")
+    assert example == Example("train-0", "5 + 8", "13", group="1 digit")
     shots = [(23, 45), (7, 8), (58, 36), (91, 9), (4, 62), (37, 48)]
     fewshot = "".join(f"Q: What is {a} + {b}?\nA: {a} + {b} = {a + b}. The answer is {a + b}.\n\n" for a, b in shots)
-    assert task.prompt(example) == fewshot + "Q: What is 36 + 56?\nA:"
+    assert task.prompt(example) == fewshot + "Q: What is 5 + 8?\nA:"
     hinted = "".join(f"Q: What is {a} + {b}? (Hint: the answer is {a + b}.)\nA: {a} + {b} = {a + b}. "
                      f"The answer is {a + b}.\n\n" for a, b in shots)
-    assert task.prompt(example, hint=True) == hinted + "Q: What is 36 + 56? (Hint: the answer is 92.)\nA:"
+    assert task.prompt(example, hint=True) == hinted + "Q: What is 5 + 8? (Hint: the answer is 13.)\nA:"
     assert task.stop == ("\n\n", "\nQ:")
     assert task.extract_answer(" 36 + 56 = 92. The answer is 92.") == "92"
     assert task.extract_answer(" The answer is 1,092.") == "1092"
@@ -93,6 +93,24 @@ def test_addition_options_are_checked():
         get_task("addition", {"format": "latex"})
     with pytest.raises(ConfigError, match="digits_min <= digits_max"):
         get_task("addition", {"digits_min": 3, "digits_max": 2})
+
+
+def test_addition_splits_are_distinct_disjoint_and_stable():
+    task = get_task("addition", {"digits_min": 1, "digits_max": 3})
+    train, test = task.load("train", 600, seed=0), task.load("test", 300, seed=0)
+    assert len({e.question for e in train}) == 600 and len({e.question for e in test}) == 300
+    assert not {e.question for e in train} & {e.question for e in test}
+    assert task.load("test", 50, seed=0) == test[:50]  # a smaller size is a prefix
+    assert task.load("test", 50, seed=1) != test[:50]
+    assert all(int(e.answer) == sum(map(int, e.question.split(" + "))) for e in train + test)
+
+
+def test_addition_says_when_there_are_too_few_distinct_problems():
+    task = get_task("addition", {"digits_max": 1})
+    test = task.load("test", 16, seed=0)  # 16 of the 100 one-digit sums are held out
+    assert {e.group for e in test} == {"1 digit"}
+    with pytest.raises(ConfigError, match="only 16 distinct test problems"):
+        task.load("test", 17, seed=0)
 
 
 # --- commonsenseqa -------------------------------------------------------------------------

@@ -68,13 +68,22 @@ class Addition(Task):
         self.check_split(split)
         if size is None:
             raise ConfigError("addition is generated: give task.train_size and eval.size")
-        rng, out = random.Random(f"addition-{split}-{seed}"), []
+        # Distinct problems: drawn with replacement, a held-out set of 400 at 1-2 digits would
+        # repeat each of the ~20 one-digit test problems ten times over.
+        rng = random.Random(f"addition-{split}-{seed}")
+        lo, hi = self.options.digits_min, self.options.digits_max
+        pools = {d: _Problems(d, split == "test") for d in range(lo, hi + 1)}
+        out: list[Example] = []
         while len(out) < size:
-            d = rng.randint(self.options.digits_min, self.options.digits_max)
-            lo = 10 ** (d - 1) if d > 1 else 0
-            a, b = rng.randint(lo, 10**d - 1), rng.randint(lo, 10**d - 1)
-            if _in_test(a, b) == (split == "test"):
-                out.append(_example(f"{split}-{len(out)}", a, b))
+            live = [d for d, pool in pools.items() if not pool.exhausted]
+            if not live:
+                raise ConfigError(
+                    f"addition with {lo}-{hi} digits has only {len(out)} distinct {split} problems, "
+                    f"fewer than the {size} asked for; lower the size or raise task.options.digits_max"
+                )
+            problem = pools[rng.choice(live)].draw(rng)
+            if problem is not None:
+                out.append(_example(f"{split}-{len(out)}", *problem))
         return out
 
     def exemplars(self, hint: bool = False) -> list[tuple[Example, str]]:
@@ -139,6 +148,37 @@ def _scratchpad_answer(completion: str) -> str | None:
     return str(int(lines[0].replace(" ", "")))
 
 
+class _Problems:
+    """The d-digit problems of one split, each drawn once.
+
+    Small pools (1-2 digits: at most 8100 pairs) are listed and shuffled; larger ones are
+    sampled and checked against the ones already drawn.
+    """
+
+    LISTED = 100_000
+
+    def __init__(self, digits: int, test: bool):
+        self.lo, self.hi = (10 ** (digits - 1) if digits > 1 else 0), 10**digits - 1
+        self.test, self.seen, self.exhausted = test, set(), False
+        self.listed: list[tuple[int, int]] | None = None
+
+    def draw(self, rng: random.Random) -> tuple[int, int] | None:
+        if (self.hi - self.lo + 1) ** 2 <= self.LISTED:
+            if self.listed is None:
+                span = range(self.lo, self.hi + 1)
+                self.listed = [(a, b) for a in span for b in span if _in_test(a, b) == self.test]
+                rng.shuffle(self.listed)
+            if not self.listed:
+                self.exhausted = True
+                return None
+            return self.listed.pop()
+        while True:
+            a, b = rng.randint(self.lo, self.hi), rng.randint(self.lo, self.hi)
+            if _in_test(a, b) == self.test and (a, b) not in self.seen:
+                self.seen.add((a, b))
+                return a, b
+
+
 def _example(id_: str, a: int, b: int) -> Example:
     d = max(len(str(a)), len(str(b)))
     return Example(id_, f"{a} + {b}", str(a + b), group=f"{d} digit" + ("s" if d > 1 else ""))
@@ -174,4 +214,3 @@ def _spaced(number: str | int) -> str:
 def _in_test(a: int, b: int) -> bool:
     """A fixed fifth of all problems is held out, so train and test never share one."""
     return zlib.crc32(f"{a}+{b}".encode()) % 5 == 0
-

@@ -172,4 +172,3 @@ def _worked_solution(entry: dict) -> str:
     if not isinstance(cot, str):
         return ""
     return "\n".join(line for line in cot.strip().splitlines() if not line.startswith("####")).strip()
-
