@@ -153,7 +153,7 @@ class TrainingConfig:
     learning_rate: float = _help(
         "Adam learning rate, constant after warm-up (App. H: 1e-6 for GPT-J; a 135M model "
         "needs far more).",
-        default=1e-4,
+        default=3e-5,
     )
     warmup_steps: int = _help("Linear warm-up steps (the paper: 100).", default=10)
     batch_size: int = _help("Sequences per optimizer step (the paper: 8).", default=8)
