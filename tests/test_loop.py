@@ -13,20 +13,11 @@ from selftaught.generation.transformers_backend import TransformersGenerator
 from selftaught.stages import Stages
 from selftaught.training.transformers_backend import TransformersTrainer
 
+from helpers import read_jsonl, tiny_overrides
+
 
 def tiny_args(model: str, out: Path, *extra: str) -> list[str]:
-    return [
-        "run", f"model.name_or_path={model}", f"output_dir={out}", "model.dtype=float32",
-        "task.train_size=32", "task.options.digits_max=1", "eval.size=8",
-        "loop.iterations=2", "loop.patience=0",
-        "generation.batch_size=8", "generation.max_new_tokens=24",
-        "training.start_steps=2", "training.warmup_steps=1", "training.batch_size=4",
-        "training.micro_batch_size=4", "training.learning_rate=1e-3", *extra,
-    ]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return ["run", *tiny_overrides(model, out, "task.train_size=32", *extra)]
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ import pytest
 
 from selftaught.cli import main
 from selftaught.compare import read_table
-from selftaught.report import find_subject, plot_accuracy, plot_groups, rationale_pairs, render
-from test_compare import HELD_OUT, finished_comparison, metrics, read_jsonl, tiny_overrides
+from selftaught.report import find_subject, plot_accuracy, plot_groups, rationale_pairs
+from helpers import HELD_OUT, metrics, read_jsonl, tiny_overrides
+from test_compare import finished_comparison
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -93,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from selftaught.loop import default_output_dir, run
     from selftaught.store import RunStore
-    from selftaught.tasks import get_task
-    from selftaught.tracking import check_trackers
 
     if args.resume:
         if args.config and "=" in args.config:  # `run --resume DIR key=value`
@@ -109,12 +107,7 @@ def _run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{key} cannot change when resuming; only {', '.join(RESUMABLE_KEYS)} can")
         config = load_config(overrides=args.overrides, base=saved)
     else:
-        if args.config and "=" in args.config and not Path(args.config).exists():
-            args.overrides.insert(0, args.config)
-            args.config = None
-        config = load_config(args.config, args.overrides)
-        get_task(config.task.name, config.task.options).check_split(config.eval.split)  # before any work
-        check_trackers(config.report_to)
+        config = _new_config(args)
         if config.output_dir is None:
             config.output_dir = str(default_output_dir(config))
         store = RunStore.create(Path(config.output_dir), config.to_dict(), args.overwrite)
@@ -131,9 +124,8 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(args: argparse.Namespace) -> int:
-    from selftaught.compare import compare
-    from selftaught.report import render
+def _new_config(args: argparse.Namespace) -> RunConfig:
+    """CONFIG [key=value ...] (CONFIG optional), checked as far as can be before any work."""
     from selftaught.tasks import get_task
     from selftaught.tracking import check_trackers
 
@@ -141,8 +133,16 @@ def _compare(args: argparse.Namespace) -> int:
         args.overrides.insert(0, args.config)
         args.config = None
     config = load_config(args.config, args.overrides)
-    get_task(config.task.name, config.task.options).check_split(config.eval.split)  # before any work
+    get_task(config.task.name, config.task.options).check_split(config.eval.split)
     check_trackers(config.report_to)
+    return config
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from selftaught.compare import compare
+    from selftaught.report import render
+
+    config = _new_config(args)
     name = Path(args.config).stem if args.config else config.task.name
     root = Path(config.output_dir or Path("runs") / f"compare-{name}")
     print(f"comparison folder: {root}")

@@ -71,7 +71,7 @@ class DataOptions:
     def check_sources(self, task: str) -> None:
         if self.data_files is not None:
             if not self.data_files:
-                raise ConfigError(f"task.options.data_files is empty; give e.g. {{train: FILE, test: FILE}}")
+                raise ConfigError("task.options.data_files is empty; give e.g. {train: FILE, test: FILE}")
             for split, path in self.data_files.items():
                 if not isinstance(path, str) or not Path(path).is_file():
                     raise DataError(f"{path}: no such file (task.options.data_files.{split})")

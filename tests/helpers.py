@@ -1,0 +1,28 @@
+"""Shared by the tests that run the loop on the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TRAIN, HELD_OUT = 24, 8
+
+
+def tiny_overrides(model: str, out: Path, *extra: str) -> list[str]:
+    """A two-iteration run of seconds on the tiny model; later overrides win."""
+    return [
+        f"model.name_or_path={model}", f"output_dir={out}", "model.dtype=float32",
+        f"task.train_size={TRAIN}", "task.options.digits_max=1", f"eval.size={HELD_OUT}",
+        "loop.iterations=2", "loop.patience=0",
+        "generation.batch_size=8", "generation.max_new_tokens=24",
+        "training.start_steps=2", "training.warmup_steps=1", "training.batch_size=4",
+        "training.micro_batch_size=4", "training.learning_rate=1e-3", *extra,
+    ]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def metrics(run: Path) -> dict[int, dict]:
+    return {m["iteration"]: m for m in read_jsonl(run / "metrics.jsonl")}
