@@ -1,0 +1,40 @@
+"""benchmarks/run.py end to end on the tiny model: every measurement present, results appended."""
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_writes_every_ratio(tiny_model, tmp_path, capsys):
+    results = tmp_path / "RESULTS.md"
+    argv = [
+        f"model.name_or_path={tiny_model}", "model.dtype=float32", "task.options.digits_max=1", "task.train_size=24", "eval.size=8",
+        "generation.batch_size=8", "generation.max_new_tokens=24", "training.start_steps=2",
+        "training.warmup_steps=1", "--prompts", "16", "--batch1-prompts", "2", "--train-steps", "2",
+        "--results", str(results),
+    ]
+    bench = _bench()
+    assert bench.main(argv) == 0
+    assert bench.main(argv + ["--skip-iteration"]) == 0
+    text = results.read_text()
+    assert text.startswith("# Benchmark results")
+    assert text.count("\n## ") == 2  # appended, not overwritten
+    first = text.split("\n## ")[1]
+    for what in ["speed-up over plain generate at batch 8", "speed-up over plain generate at batch 1",
+                 "speed-up over plain Trainer, question + rationale", "selftaught MFU",
+                 "iteration | speed-up", "accuracy difference"]:
+        assert what in first, what
+    ratios = [float(m) for m in re.findall(r"speed-up[^|]*\| ([\d.,]+) x", first)]
+    assert len(ratios) == 5 and all(r > 0 for r in ratios)
+    assert "iteration" not in text.split("\n## ")[2].split("| section")[1].replace("one STaR iteration", "")
