@@ -14,6 +14,9 @@ this small attention function is written here and plugged in through transformer
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -128,5 +131,17 @@ def encode_prefix(model, prefix_ids: torch.Tensor) -> list[tuple[torch.Tensor, t
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    model(input_ids=prefix_ids[None], cache=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=prefix_ids[None], **cache_kwarg(model, cache), use_cache=True, logits_to_keep=1)
     return [(layer.keys[0].contiguous(), layer.values[0].contiguous()) for layer in cache.layers]
+
+
+def cache_kwarg(model, cache) -> dict:
+    """``{name: cache}`` for ``model.forward``: transformers 5.2x renamed ``past_key_values`` to
+    ``cache``, and each version swallows the other name silently in its ``**kwargs``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {_cache_name(type(base)): cache}
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_name(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"

@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, DynamicCache
 
 from selftaught.config import GenerationConfig, ModelConfig
-from selftaught.generation.shared_prefix import ATTENTION, SuffixCache, encode_prefix, supports_shared_prefix
+from selftaught.generation.shared_prefix import (ATTENTION, SuffixCache, cache_kwarg, encode_prefix,
+                                                supports_shared_prefix)
 from selftaught.models import load_causal_lm
 from selftaught.generation.base import (
     Completion,
@@ -175,8 +176,8 @@ class TransformersGenerator(Generator):
         if prefix:
             if self._prefix is None or self._prefix[0] != prefix:
                 full = DynamicCache(config=self.model.config)
-                self.model(input_ids=torch.tensor([prefix], device=self.device), cache=full,
-                           use_cache=True, logits_to_keep=1)
+                self.model(input_ids=torch.tensor([prefix], device=self.device),
+                           **cache_kwarg(self.model, full), use_cache=True, logits_to_keep=1)
                 self._prefix = (prefix, full)
             for layer, src in enumerate(self._prefix[1].layers):
                 cache.update(src.keys.expand(n, -1, -1, -1).clone(),
@@ -190,11 +191,11 @@ class TransformersGenerator(Generator):
             seen = valid[:, None, :].expand(-1, t, -1)
             if t > 1:  # causal among the new tokens
                 seen = seen & torch.ones(t, s, dtype=torch.bool, device=valid.device).tril(s - t)
-            out = self.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True,
-                             logits_to_keep=1, shared_prefix=shared, suffix_mask=seen)
+            out = self.model(input_ids=ids, position_ids=positions, **cache_kwarg(self.model, cache),
+                             use_cache=True, logits_to_keep=1, shared_prefix=shared, suffix_mask=seen)
         else:
             out = self.model(input_ids=ids, attention_mask=valid.long(), position_ids=positions,
-                             cache=cache, use_cache=True, logits_to_keep=1)
+                             **cache_kwarg(self.model, cache), use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
 
     def _finish(self, generated: list[int], tok: int, params: SamplingParams, last: bool) -> Completion | None:
