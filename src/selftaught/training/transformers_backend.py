@@ -233,13 +233,18 @@ def _utilisation(model, params, tokens: int, loss_tokens: int, seconds: float, b
     run_tflops = computed_flops(n, trainable, embedding, tokens, loss_tokens) / seconds / 1e12 if seconds else 0.0
     return {
         "parameters": n,
-        "model_tflops": round(model_tflops, 4),  # 6N x tokens/s
-        "computed_tflops": round(run_tflops, 4),  # the FLOPs actually run (lm_head on loss positions only)
-        "peak_tflops": round(peak, 4),
+        "model_tflops": _sig(model_tflops),  # 6N x tokens/s
+        "computed_tflops": _sig(run_tflops),  # the FLOPs actually run (lm_head on loss positions only)
+        "peak_tflops": _sig(peak),
         "peak_dtype": "bfloat16" if bf16 else "float32",
-        "mfu": round(model_tflops / peak, 4) if peak else 0.0,
-        "hardware_flop_utilisation": round(run_tflops / peak, 4) if peak else 0.0,
+        "mfu": _sig(model_tflops / peak) if peak else 0.0,
+        "hardware_flop_utilisation": _sig(run_tflops / peak) if peak else 0.0,
     }
+
+
+def _sig(x: float) -> float:
+    """Four significant digits: a tiny model on a GPU has an MFU of 1e-5, not 0."""
+    return float(f"{x:.4g}")
 
 
 class _Sampler:
