@@ -7,9 +7,10 @@ In one run, on the model and task of configs/default.yaml:
 (a) generation: useful generated tokens/s (up to the stop string) of selftaught's generator
     against plain ``model.generate`` on the same few-shot prompts, at batch 1 and at the same
     batch size, both greedy and stopped by the task's stop strings;
-(b) fine-tuning: tokens/s and model FLOP utilisation (6·N·tokens/s over a bf16 matmul peak
-    measured here) of selftaught's trainer against a plain transformers ``Trainer`` with the same
-    8 sequences a step, bf16 mixed precision and completion-only labels;
+(b) fine-tuning: tokens/s and model FLOP utilisation (6·N·tokens/s over a matmul peak measured
+    here, in the training precision) of selftaught's trainer against a plain transformers
+    ``Trainer`` with the same 8 sequences a step, the same precision (bf16 mixed precision where
+    the processor has bf16 matmuls, else fp32) and completion-only labels;
 (c) one STaR iteration (generate, rationalize, filter, fine-tune from M, evaluate) against a
     straightforward implementation made of plain ``generate`` + ``Trainer``, with the
     held-out accuracy of both.
@@ -104,7 +105,7 @@ class _CountingCollator(DataCollatorForSeq2Seq):
 
 def plain_train(base: str, examples: list[TrainExample], steps: int, lr: float, warmup: int,
                 batch_size: int, seed: int, out: Path) -> dict:
-    """transformers ``Trainer``: padded batches, bf16 autocast, labels -100 on the prompt."""
+    """transformers ``Trainer``: padded batches, bf16 autocast where supported, labels -100 on the prompt."""
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -269,7 +270,7 @@ def bench_training(base, examples: list[TrainExample], config, steps: int, work:
         Row("fine-tuning", f"plain Trainer, {label}", plain_tps, "tokens/s",
             f"MFU {mfu(plain_tps):.1%}; {plain['seconds']:.1f} s for {steps} steps"),
         Row("fine-tuning", f"selftaught MFU, {label}", mfu(ours_tps), "fraction",
-            f"6·N·tokens/s over a measured bf16 matmul peak of {peak * 1000:.0f} GFLOP/s"),
+            f"6·N·tokens/s over a measured {'bf16' if _bf16() else 'fp32'} matmul peak of {peak * 1000:.0f} GFLOP/s"),
         Row("fine-tuning", f"speed-up over plain Trainer, {label}", ours_tps / plain_tps, "x"),
     ]
 
