@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from selftaught.config import GenerationConfig, ModelConfig
 from selftaught.generation import SamplingParams, get_generator
 from selftaught.generation.base import truncate_at_stop
+from selftaught.generation.shared_prefix import cache_kwarg
 from selftaught.generation.transformers_backend import PromptTooLongError
 from selftaught.tasks import get_task
 
@@ -83,3 +84,21 @@ def test_sampling_is_seeded_and_n_per_prompt(tiny_model):
 def test_prompt_too_long_is_a_clear_error(tiny_model):
     with pytest.raises(PromptTooLongError, match="max_new_tokens"):
         _generator(tiny_model).generate(["Q: 1 + 1 " * 300], SamplingParams(max_new_tokens=8))
+
+
+def test_cache_goes_under_the_name_this_transformers_takes():
+    # transformers 5.2x renamed forward's past_key_values to cache; older 5.x swallows cache=
+    # silently in **kwargs, so the wrong name would leave the KV cache empty.
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, **kwargs): ...
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None, **kwargs): ...
+
+    class Wrapped(torch.nn.Module):  # a peft model: the name is the base model's
+        def get_base_model(self):
+            return Old()
+
+    assert cache_kwarg(Old(), "kv") == {"past_key_values": "kv"}
+    assert cache_kwarg(New(), "kv") == {"cache": "kv"}
+    assert cache_kwarg(Wrapped(), "kv") == {"past_key_values": "kv"}
