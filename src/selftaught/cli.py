@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="output_dir defaults to runs/compare-<config file name>; every key of "
         "`selftaught run --help` applies (method and loop.rationalize are set per run).",
     )
-    compare.add_argument("config", nargs="?", help="YAML config file (see configs/compare.yaml)")
+    compare.add_argument("config", nargs="?", help="YAML config file (e.g. configs/default.yaml)")
     compare.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     report = sub.add_parser(
         "report", help="plots and a self-contained HTML page for a run or a comparison",
