@@ -69,7 +69,7 @@ class Addition(Task):
         if size is None:
             raise ConfigError("addition is generated: give task.train_size and eval.size")
         # Distinct problems: drawn with replacement, a held-out set of 400 at 1-2 digits would
-        # repeat each of the ~20 one-digit test problems ten times over.
+        # repeat each of the 16 one-digit test problems over ten times.
         rng = random.Random(f"addition-{split}-{seed}")
         lo, hi = self.options.digits_min, self.options.digits_max
         pools = {d: _Problems(d, split == "test") for d in range(lo, hi + 1)}

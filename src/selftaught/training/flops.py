@@ -18,9 +18,8 @@ def matmul_peak_tflops(dtype: torch.dtype = torch.bfloat16, device: str = "cpu",
     """Best TFLOP/s of square matmuls over ~0.5 s: the peak that MFU is measured against.
 
     The side doubles from 256 up to ``size`` while one product takes under 25 ms: large enough
-    that a GPU is not measured on its launch overhead, and small enough that a
-    precision the processor only emulates (bf16 without AVX-512 BF16: ~1000x slower) is
-    measured in a second, not in minutes.
+    that a GPU is not measured on its launch overhead, small enough that a precision the
+    processor only emulates (bf16 without AVX-512 BF16: ~1000x slower) takes a second, not minutes.
     """
     side = min(256, size)
     while True:
