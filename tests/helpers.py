@@ -12,7 +12,7 @@ def tiny_overrides(model: str, out: Path, *extra: str) -> list[str]:
     """A two-iteration run of seconds on the tiny model; later overrides win."""
     return [
         f"model.name_or_path={model}", f"output_dir={out}", "model.dtype=float32",
-        f"task.train_size={TRAIN}", "task.options.digits_max=1", f"eval.size={HELD_OUT}",
+        f"task.train_size={TRAIN}", "task.options.digits_max=1", f"eval.size={HELD_OUT}", f"eval.validation_size={HELD_OUT}",
         "loop.iterations=2", "loop.patience=0",
         "generation.batch_size=8", "generation.max_new_tokens=24",
         "training.start_steps=2", "training.warmup_steps=1", "training.batch_size=4",

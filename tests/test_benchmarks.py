@@ -19,7 +19,7 @@ def _bench():
 def test_benchmark_writes_every_ratio(tiny_model, tmp_path, capsys):
     results = tmp_path / "RESULTS.md"
     argv = [
-        f"model.name_or_path={tiny_model}", "model.dtype=float32", "task.options.digits_max=1", "task.train_size=24", "eval.size=8",
+        f"model.name_or_path={tiny_model}", "model.dtype=float32", "task.options.digits_max=1", "task.train_size=24", "eval.size=8", "eval.validation_size=8",
         "generation.batch_size=8", "generation.max_new_tokens=24", "training.start_steps=2",
         "training.warmup_steps=1", "--prompts", "16", "--batch1-prompts", "2", "--train-steps", "2",
         "--results", str(results),

@@ -12,6 +12,7 @@ import pytest
 
 from selftaught.config import ConfigError, GenerationConfig, ModelConfig
 from selftaught.generation import SamplingParams, get_generator
+from selftaught.generation.base import derive_seed
 
 
 def test_clear_error_without_vllm(monkeypatch):
@@ -43,7 +44,8 @@ class _FakeVLLM(types.ModuleType):
                 outs = [_Output(" 3 + 4 = 7. The answer is 7.", [1] * 12, "stop", "\n\n"),
                         _Output(" 1 + 1 = 2", [1] * 5, "stop", None),  # end of sequence
                         _Output(" 9 + 9 = 18 and so on", [1] * 8, "length", None)]
-                return [types.SimpleNamespace(outputs=outs[: sampling.kwargs["n"]]) for _ in prompts]
+                assert isinstance(sampling, list) and len(sampling) == len(prompts)  # one per request
+                return [types.SimpleNamespace(outputs=outs[: s.kwargs["n"]]) for s in sampling]
 
         class SamplingParams_:
             def __init__(self, **kwargs):
@@ -63,13 +65,17 @@ def test_maps_params_and_outputs(monkeypatch):
     assert fake.made == [{"model": "/ckpt/iteration-01", "dtype": "bfloat16", "enable_prefix_caching": True,
                           "gpu_memory_utilization": 0.6, "max_num_seqs": 128}]
     params = SamplingParams(max_new_tokens=40, temperature=0.7, top_p=0.9, n=3, stop=("\n\n", "\nQ:"), seed=5)
-    (a, b, c), = g.generate(["Q: What is 3 + 4?\nA:"], params)
-    assert fake.sampling.kwargs == {"n": 3, "temperature": 0.7, "top_p": 0.9, "max_tokens": 40,
-                                    "stop": ["\n\n", "\nQ:"], "seed": 5}
+    (a, b, c), = g.generate(["Q: What is 3 + 4?\nA:"], params, seeds=[1234])
+    assert fake.sampling[0].kwargs == {"n": 3, "temperature": 0.7, "top_p": 0.9, "max_tokens": 40,
+                                       "stop": ["\n\n", "\nQ:"], "seed": 1234}  # the prompt's own seed
+    g.generate(["x", "y"], params)  # no seeds: one per position, from params.seed
+    assert [s.kwargs["seed"] for s in fake.sampling] == [derive_seed(5, 0), derive_seed(5, 1)]
+    g.generate(["x", "y"], params, seeds=[7, 8])
+    assert [s.kwargs["seed"] for s in fake.sampling] == [7, 8]
     assert (a.finish, a.stop, a.tokens) == ("stop", "\n\n", 12)
     assert (b.finish, b.stop) == ("eos", None)
     assert (c.finish, c.text) == ("length", " 9 + 9 = 18 and so on")
-    assert g.stats.tokens == 25
+    assert g.stats.tokens == 25 + 2 * 2 * 25
     g.close()
     g.close()  # idempotent
     assert fake.freed == 1 and g.llm is None

@@ -26,9 +26,9 @@ def calls(monkeypatch):
     log: dict[str, list] = {"generate": [], "train": []}
     generate, train = TransformersGenerator.generate, TransformersTrainer.train
 
-    def spy_generate(self, prompts, params, desc="generate"):
+    def spy_generate(self, prompts, params, desc="generate", **kwargs):
         log["generate"].append((desc, len(prompts)))
-        return generate(self, prompts, params, desc)
+        return generate(self, prompts, params, desc, **kwargs)
 
     def spy_train(self, base_model, examples, steps, out_dir):
         log["train"].append((base_model, steps, out_dir))

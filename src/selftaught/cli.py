@@ -119,8 +119,11 @@ def _run(args: argparse.Namespace) -> int:
               f"`selftaught run --resume {store.root}`", file=sys.stderr)
         return 130
     first, last = history[0], history[-1]
+    chosen = (f"; selected on validation: iteration {last['selected_iteration']} "
+              f"({last['selected_accuracy']:.1%})" if "selected_iteration" in last else "")
     print(f"done: held-out accuracy {first['accuracy']:.1%} (few-shot, iteration 0) -> "
-          f"{last['accuracy']:.1%} (iteration {last['iteration']}); metrics in {store.root / 'metrics.jsonl'}")
+          f"{last['accuracy']:.1%} (last iteration, {last['iteration']}){chosen}; "
+          f"metrics in {store.root / 'metrics.jsonl'}")
     return 0
 
 

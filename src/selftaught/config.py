@@ -213,9 +213,28 @@ class TrainingConfig:
 class EvalConfig:
     split: str = _help("Held-out split of the task that M_n is evaluated on.", default="test")
     size: int | None = _help("Held-out questions (None: the whole split).", default=200)
+    validation_size: int = _help(
+        "Validation questions: early stopping and the selected iteration are judged on them, "
+        "never on the held-out split, which is only reported. Carved from the training split "
+        "after the task.train_size training questions (never trained on), unless "
+        "eval.validation_split names a split of the task's own.",
+        default=100,
+    )
+    validation_split: str | None = _help(
+        "The task's own dev split to validate on (e.g. 'validation'); None: carve the "
+        "validation questions from the training split. Never the held-out split.",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
         _positive("eval.size", self.size, allow_none=True)
+        _positive("eval.validation_size", self.validation_size)
+        if self.validation_split is not None and self.validation_split in (self.split, "train"):
+            raise ConfigError(
+                f"eval.validation_split={self.validation_split!r} must differ from the held-out "
+                f"split ({self.split!r}) and from train; leave it null to carve the validation "
+                "questions from the training split"
+            )
 
 
 METHODS = ("star", "direct_finetune")

@@ -25,13 +25,13 @@ def run(config: RunConfig, store: RunStore) -> list[dict]:
 def star(config: RunConfig, store: RunStore) -> list[dict]:
     """Run (or resume) STaR; return one metrics record per iteration, 0 being the base model."""
     task = get_task(config.task.name, config.task.options)
-    train = task.load("train", config.task.train_size, config.seed)  # D = {(x_i, y_i)}
-    held_out = task.load(config.eval.split, config.eval.size, config.seed)
+    train, validation = load_train_and_validation(task, config)  # D = {(x_i, y_i)}; never trained on: validation
+    held_out = task.load(config.eval.split, config.eval.size, config.seed)  # only reported
     base_model = resolve_base_model(config.model)  # M
     stages = Stages(config, task, store)
 
     model = base_model  # M_0
-    history = [stages.evaluate(0, model, held_out)]  # few-shot accuracy of M
+    history = [stages.evaluate(0, model, held_out, validation)]  # few-shot accuracy of M
     for n in range(1, config.loop.iterations + 1):
         rationales = stages.generate_rationales(n, model, train)  # (r̂_i, ŷ_i) ← M_{n-1}(x_i)
         failures = stages.failures(train, rationales)
@@ -40,9 +40,9 @@ def star(config: RunConfig, store: RunStore) -> list[dict]:
         )
         dataset = stages.filter_correct(n, train, rationales, rationalized)  # D_n ∪ D^rat_n
         model = stages.fine_tune(n, base_model, dataset)  # M_n ← train(M, ·): the ORIGINAL M
-        history.append(stages.evaluate(n, model, held_out))  # accuracy of M_n
+        history.append(stages.evaluate(n, model, held_out, validation))  # accuracy of M_n
         if n < config.loop.iterations and plateaued(history, config.loop.patience, config.loop.min_improvement):
-            stages.say(f"held-out accuracy has not improved for {config.loop.patience} "
+            stages.say(f"validation accuracy has not improved for {config.loop.patience} "
                        "iterations: stopping early")
             break
     stages.close()
@@ -52,25 +52,40 @@ def star(config: RunConfig, store: RunStore) -> list[dict]:
 def direct_finetune(config: RunConfig, store: RunStore) -> list[dict]:
     """Baseline (Table 1): fine-tune M to answer every training question, with no rationale."""
     task = get_task(config.task.name, config.task.options)
-    train = task.load("train", config.task.train_size, config.seed)
+    train, validation = load_train_and_validation(task, config)
     held_out = task.load(config.eval.split, config.eval.size, config.seed)
     base_model = resolve_base_model(config.model)
     stages = Stages(config, task, store)  # method=direct_finetune: direct prompts throughout
 
-    history = [stages.evaluate(0, base_model, held_out)]  # few-shot direct accuracy of M
+    history = [stages.evaluate(0, base_model, held_out, validation)]  # few-shot direct accuracy of M
     dataset = stages.answers(1, train)  # (x_i, y_i) for all i: the whole training set
     model = stages.fine_tune(1, base_model, dataset, steps=config.direct_finetune_steps())
-    history.append(stages.evaluate(1, model, held_out))
+    history.append(stages.evaluate(1, model, held_out, validation))
     stages.close()
     return history
 
 
+def load_train_and_validation(task, config: RunConfig):
+    """D and the validation questions (never trained on, never the held-out split)."""
+    return task.load_train_and_validation(config.task.train_size, config.eval.validation_size,
+                                          config.seed, config.eval.validation_split)
+
+
 def plateaued(history: list[dict], patience: int, min_improvement: float) -> bool:
-    """True when the last ``patience`` iterations did not beat the best before them."""
-    if patience <= 0 or len(history) <= patience:
-        return False
-    best_before = max(m["accuracy"] for m in history[:-patience])
-    return all(m["accuracy"] <= best_before + min_improvement for m in history[-patience:])
+    """True when the last ``patience`` iterations did not beat the best before them, on the
+    validation split: the held-out (test) accuracy never decides anything."""
+    accuracy = [m.get("validation_accuracy") for m in history]
+    if patience <= 0 or len(history) <= patience or None in accuracy:
+        return False  # a run recorded before validation existed cannot be judged
+    best_before = max(accuracy[:-patience])
+    return all(a <= best_before + min_improvement for a in accuracy[-patience:])
+
+
+def selected(history: list[dict]) -> dict:
+    """The iteration a run hands over: the fine-tuned M_n (n >= 1) best on validation, the
+    earliest on a tie; iteration 0 while there is no other."""
+    tuned = [m for m in history if m["iteration"] > 0] or history
+    return max(tuned, key=lambda m: (m.get("validation_accuracy", 0.0), -m["iteration"]))
 
 
 def default_output_dir(config: RunConfig) -> Path:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from selftaught.config import RunConfig
 from selftaught.generation import Generator, SamplingParams, get_generator
+from selftaught.generation.base import derive_seed
 from selftaught.store import RunStore
 from selftaught.tasks import Example, Task
 from selftaught.tracking import open_trackers
@@ -119,13 +120,24 @@ class Stages:
         self.trackers.losses(n, result.losses)
         return str(out)
 
-    def evaluate(self, n: int, model: str, held_out: list[Example]) -> dict[str, Any]:
-        """Accuracy of M_n on held-out data; writes and prints iteration n's metrics record."""
+    def evaluate(
+        self, n: int, model: str, held_out: list[Example], validation: list[Example] | None = None
+    ) -> dict[str, Any]:
+        """Accuracy of M_n on the validation and held-out splits; writes and prints iteration
+        n's metrics record. Validation chooses (early stop, selected iteration); held-out is
+        only reported."""
         done = {m["iteration"]: m for m in self.store.metrics()}
         if n in done:
             return done[n]
+        checked = self._validate(n, model, validation) if validation is not None else {}
         records = self._complete(n, "eval", model, held_out, hint=False, params=self.greedy)
         record = self._metrics(n, records)
+        if checked:
+            from selftaught.loop import selected
+
+            record.update(checked)
+            best = selected([m for m in done.values() if m["iteration"] < n] + [record])
+            record["selected_iteration"], record["selected_accuracy"] = best["iteration"], best["accuracy"]
         self.store.add_metrics(record)
         self.trackers.metrics(record)
         self.say(summary_line(record))
@@ -143,7 +155,10 @@ class Stages:
         def compute(chunk: list[Example]) -> list[dict]:
             nonlocal tokens
             prompts = [self.task.prompt(e, hint, direct=self.direct) for e in chunk]
-            outputs = self._generator_for(model).generate(prompts, params, desc=f"iteration {n} {stage}")
+            # One seed per (run seed, iteration, stage, question); the generator derives one per sample.
+            seeds = [derive_seed(self.config.seed, n, stage, e.id) for e in chunk]
+            outputs = self._generator_for(model).generate(prompts, params, desc=f"iteration {n} {stage}",
+                                                          seeds=seeds)
             records = []
             for e, prompt, samples in zip(chunk, prompts, outputs):
                 for k, c in enumerate(samples):
@@ -219,6 +234,12 @@ class Stages:
         record["iteration_seconds"] = round(sum(v["seconds"] for v in stats.values()), 2)
         return record
 
+    def _validate(self, n: int, model: str, validation: list[Example]) -> dict[str, Any]:
+        records = self._complete(n, "validation", model, validation, hint=False, params=self.greedy)
+        correct = sum(r["correct"] for r in records)
+        return {"validation_accuracy": correct / len(records), "validation_correct": correct,
+                "validation_size": len(records)}
+
     @staticmethod
     def say(text: str) -> None:
         tqdm.write(text)
@@ -226,6 +247,10 @@ class Stages:
 
 def summary_line(m: dict[str, Any]) -> str:
     line = f"iteration {m['iteration']}: held-out accuracy {m['accuracy']:.1%} ({m['correct']}/{m['held_out']})"
+    if "validation_accuracy" in m:
+        line += (f", validation {m['validation_accuracy']:.1%} ({m['validation_correct']}/"
+                 f"{m['validation_size']}); selected iteration {m['selected_iteration']} "
+                 f"(held-out {m['selected_accuracy']:.1%})")
     if m["iteration"] > 0 and "kept_answers" in m:
         line += (f" | fine-tuned on {m['kept_answers']} direct answers | {m['steps']} steps, "
                  f"final loss {m['final_loss']:.3f}")

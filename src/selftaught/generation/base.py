@@ -6,6 +6,7 @@ A new backend is one file in this package with a ``Generator`` subclass decorate
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -56,12 +57,36 @@ class Generator(ABC):
 
     @abstractmethod
     def generate(
-        self, prompts: list[str], params: SamplingParams, desc: str = "generate"
+        self, prompts: list[str], params: SamplingParams, desc: str = "generate",
+        seeds: list[int] | None = None,
     ) -> list[list[Completion]]:
-        """One list of ``params.n`` completions per prompt."""
+        """One list of ``params.n`` completions per prompt.
+
+        ``seeds[i]`` is prompt i's seed (sample k draws with ``derive_seed(seeds[i], k)``), so
+        a prompt gets the same samples however prompts are batched, chunked or resumed; None:
+        seeds from ``params.seed`` and each prompt's position.
+        """
 
     def close(self) -> None:
         """Free the model (the loop loads a new one every iteration)."""
+
+
+def derive_seed(*parts: object) -> int:
+    """A 31-bit seed from its parts (run seed, iteration, stage, question id, sample...).
+
+    A stable hash, unlike Python's hash() of a str, which changes from process to process; 31
+    bits because servers and engines take a signed 32-bit seed."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+def prompt_seeds(prompts: list[str], params: SamplingParams, seeds: list[int] | None) -> list[int]:
+    """Each prompt's seed: the caller's, or one from params.seed and the prompt's position."""
+    if seeds is None:
+        return [derive_seed(params.seed, i) for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    return list(seeds)
 
 
 _REGISTRY: dict[str, type[Generator]] = {}

@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm.auto import tqdm
 
 from selftaught.config import ConfigError, GenerationConfig, ModelConfig
-from selftaught.generation.base import Completion, Generator, SamplingParams, register, truncate_at_stop
+from selftaught.generation.base import (Completion, Generator, SamplingParams, derive_seed, register,
+                                         truncate_at_stop)
 
 _RETRYABLE = {408, 429, 500, 502, 503, 504}
 
@@ -60,14 +61,17 @@ class OpenAIServerGenerator(Generator):
             )
 
     def generate(
-        self, prompts: list[str], params: SamplingParams, desc: str = "generate"
+        self, prompts: list[str], params: SamplingParams, desc: str = "generate",
+        seeds: list[int] | None = None,
     ) -> list[list[Completion]]:
         start = time.perf_counter()
         jobs = [(i, k) for i in range(len(prompts)) for k in range(params.n)]
         results: list[list[Completion]] = [[] for _ in prompts]
         with ThreadPoolExecutor(self.config.server_concurrency) as pool, \
                 tqdm(total=len(jobs), desc=desc, unit="seq", leave=False) as bar:
-            futures = [pool.submit(self._complete, prompts[i], k, params) for i, k in jobs]
+            futures = [pool.submit(self._complete, prompts[i], k, params,
+                                   None if seeds is None else derive_seed(seeds[i], k))
+                       for i, k in jobs]
             for (i, _), f in zip(jobs, futures):
                 results[i].append(f.result())
                 bar.update(1)
@@ -87,12 +91,12 @@ class OpenAIServerGenerator(Generator):
             self.process = None
 
     # --- one request --------------------------------------------------------------------------
-    def _complete(self, prompt: str, sample: int, params: SamplingParams) -> Completion:
+    def _complete(self, prompt: str, sample: int, params: SamplingParams, seed: int | None = None) -> Completion:
         body = {
             "model": self.model_path, "prompt": prompt, "max_tokens": params.max_new_tokens,
             "temperature": params.temperature, "top_p": params.top_p, "n": 1,
             # A seed per (prompt, sample): reproducible, and the same however prompts are batched.
-            "seed": zlib.crc32(f"{params.seed}:{sample}:{prompt}".encode()) & 0x7FFFFFFF,
+            "seed": seed if seed is not None else zlib.crc32(f"{params.seed}:{sample}:{prompt}".encode()) & 0x7FFFFFFF,
         }
         if params.stop:
             body["stop"] = list(params.stop)

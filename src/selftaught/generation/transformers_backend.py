@@ -23,6 +23,8 @@ from selftaught.generation.base import (
     Completion,
     Generator,
     SamplingParams,
+    derive_seed,
+    prompt_seeds,
     register,
     truncate_at_stop,
 )
@@ -77,7 +79,8 @@ class TransformersGenerator(Generator):
 
     @torch.inference_mode()
     def generate(
-        self, prompts: list[str], params: SamplingParams, desc: str = "generate"
+        self, prompts: list[str], params: SamplingParams, desc: str = "generate",
+        seeds: list[int] | None = None,
     ) -> list[list[Completion]]:
         start = time.perf_counter()
         ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -85,16 +88,19 @@ class TransformersGenerator(Generator):
         self._check_length(ids, params)
         # Bucket by length so a batch pads little; n samples of a prompt share its batch.
         order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
-        rows = [i for i in order for _ in range(params.n)]
-        results: list[list[Completion]] = [[] for _ in prompts]
-        rng = torch.Generator(self.device).manual_seed(params.seed)
+        rows = [(i, k) for i in order for k in range(params.n)]
+        results: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
+        # Each row (prompt i, sample k) samples with its own seed, so its tokens do not depend
+        # on the rows it is batched with, the batch size, chunking or a resume.
+        seeds = prompt_seeds(prompts, params, seeds)
         batch = self.config.batch_size
         with tqdm(total=len(rows), desc=desc, unit="seq", leave=False) as bar:
             for b in range(0, len(rows), batch):
                 chunk = rows[b : b + batch]
-                suffixes = [ids[i][len(prefix) :] for i in chunk]
-                for i, c in zip(chunk, self._decode_batch(prefix, suffixes, params, rng)):
-                    results[i].append(c)
+                suffixes = [ids[i][len(prefix) :] for i, _ in chunk]
+                row_seeds = [derive_seed(seeds[i], k) for i, k in chunk]
+                for (i, k), c in zip(chunk, self._decode_batch(prefix, suffixes, params, row_seeds)):
+                    results[i][k] = c
                 bar.update(len(chunk))
         self.stats.seconds += time.perf_counter() - start
         self.stats.tokens += sum(c.tokens for r in results for c in r)
@@ -115,7 +121,7 @@ class TransformersGenerator(Generator):
         prefix: tuple[int, ...],
         suffixes: list[list[int]],
         params: SamplingParams,
-        rng: torch.Generator,
+        row_seeds: list[int],
     ) -> list[Completion]:
         n, width, p = len(suffixes), max(len(s) for s in suffixes), len(prefix)
         dev = self.device
@@ -139,7 +145,7 @@ class TransformersGenerator(Generator):
         generated: list[list[int]] = [[] for _ in range(n)]
         done: dict[int, Completion] = {}
         for step in range(params.max_new_tokens):
-            tokens = _sample(logits, params, rng).tolist()
+            tokens = _sample(logits, params, [row_seeds[r] for r in alive], step).tolist()
             keep = []
             for j, (row, tok) in enumerate(zip(alive, tokens)):
                 finished = self._finish(generated[row], tok, params, last=step + 1 == params.max_new_tokens)
@@ -224,7 +230,7 @@ def _common_prefix(ids: list[list[int]]) -> tuple[int, ...]:
     return tuple(first[: max(n, 0)])
 
 
-def _sample(logits: torch.Tensor, params: SamplingParams, rng: torch.Generator) -> torch.Tensor:
+def _sample(logits: torch.Tensor, params: SamplingParams, row_seeds: list[int], step: int) -> torch.Tensor:
     if params.temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / params.temperature, dim=-1)
@@ -233,4 +239,10 @@ def _sample(logits: torch.Tensor, params: SamplingParams, rng: torch.Generator) 
         drop = sorted_p.cumsum(-1) - sorted_p > params.top_p
         sorted_p[drop] = 0
         probs = torch.zeros_like(probs).scatter_(-1, sorted_i, sorted_p)
-    return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
+    # Counter-based noise: one uniform per (row seed, step), inverted through the row's CDF.
+    # torch.multinomial draws from one generator shared by the batch, so a row's sample would
+    # depend on its neighbours; no torch or transformers sampler takes a seed per row.
+    u = torch.tensor([derive_seed(s, step) / 2**31 for s in row_seeds], device=probs.device)
+    cdf = probs.cumsum(-1)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1).contiguous(), right=True)
+    return picked.squeeze(-1).clamp_(max=probs.shape[-1] - 1)

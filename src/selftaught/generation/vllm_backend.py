@@ -12,7 +12,8 @@ import gc
 import time
 
 from selftaught.config import ConfigError, GenerationConfig, ModelConfig
-from selftaught.generation.base import Completion, Generator, SamplingParams, register, truncate_at_stop
+from selftaught.generation.base import (Completion, Generator, SamplingParams, prompt_seeds, register,
+                                         truncate_at_stop)
 
 
 def _import_vllm():
@@ -41,13 +42,16 @@ class VLLMGenerator(Generator):
         )
 
     def generate(
-        self, prompts: list[str], params: SamplingParams, desc: str = "generate"
+        self, prompts: list[str], params: SamplingParams, desc: str = "generate",
+        seeds: list[int] | None = None,
     ) -> list[list[Completion]]:
         start = time.perf_counter()
-        sampling = self.vllm.SamplingParams(
+        # One SamplingParams per request, each with its prompt's seed: vLLM then draws a
+        # request's n samples from its own generator, whatever else is in the batch.
+        sampling = [self.vllm.SamplingParams(
             n=params.n, temperature=params.temperature, top_p=params.top_p,
-            max_tokens=params.max_new_tokens, stop=list(params.stop), seed=params.seed,
-        )
+            max_tokens=params.max_new_tokens, stop=list(params.stop), seed=seed,
+        ) for seed in prompt_seeds(prompts, params, seeds)]
         outputs = self.llm.generate(prompts, sampling, use_tqdm=True)
         results = [[_completion(c, params.stop) for c in out.outputs] for out in outputs]
         self.stats.seconds += time.perf_counter() - start

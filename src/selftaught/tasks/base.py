@@ -69,6 +69,36 @@ class Task(ABC):
     def load(self, split: str, size: int | None, seed: int) -> list[Example]:
         """The first ``size`` examples of ``split`` (all when None), in a seed-fixed order."""
 
+    def load_train_and_validation(
+        self, train_size: int | None, validation_size: int, seed: int, validation_split: str | None = None
+    ) -> tuple[list[Example], list[Example]]:
+        """The training questions D and the validation questions, which are never trained on.
+
+        Validation is the dataset's own dev split when ``validation_split`` is given; otherwise
+        the ``validation_size`` questions drawn right after the training ones from the training
+        split, so D is the same draw as without validation and the two never share a question.
+        """
+        if validation_split is not None:
+            self.check_split(validation_split)
+            return self.load("train", train_size, seed), self.load(validation_split, validation_size, seed)
+        if train_size is None:
+            everything = self.load("train", None, seed)
+            if len(everything) <= validation_size:
+                raise ConfigError(
+                    f"task {self.name!r}: the training split has {len(everything)} questions, not "
+                    f"more than eval.validation_size={validation_size}; lower eval.validation_size "
+                    "or give a dev split as eval.validation_split"
+                )
+            return everything[:-validation_size], everything[-validation_size:]
+        both = self.load("train", train_size + validation_size, seed)
+        if len(both) < train_size + validation_size:
+            raise ConfigError(
+                f"task {self.name!r}: the training split has {len(both)} questions, fewer than "
+                f"task.train_size + eval.validation_size = {train_size} + {validation_size}; lower "
+                "one of them or give a dev split as eval.validation_split"
+            )
+        return both[:train_size], both[train_size:]
+
     def check_split(self, split: str) -> None:
         if split not in self.splits:
             raise ConfigError(
