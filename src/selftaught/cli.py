@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from selftaught.generation.transformers_backend import PromptTooLongError
+    from selftaught.launch import WorkerFailedError
     from selftaught.stages import NothingKeptError
     from selftaught.store import RunFolderError
     from selftaught.tasks import DataError
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         return _run(args)
     except (ConfigError, DataError, RunFolderError, NothingKeptError, PromptTooLongError,
-            SequenceTooLongError) as e:
+            SequenceTooLongError, WorkerFailedError) as e:
         print(f"selftaught: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -106,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
             if key not in RESUMABLE_KEYS:
                 raise ConfigError(f"{key} cannot change when resuming; only {', '.join(RESUMABLE_KEYS)} can")
         config = load_config(overrides=args.overrides, base=saved)
+        _check_launch(config)
     else:
         config = _new_config(args)
         if config.output_dir is None:
@@ -138,7 +140,15 @@ def _new_config(args: argparse.Namespace) -> RunConfig:
     config = load_config(args.config, args.overrides)
     get_task(config.task.name, config.task.options).check_split(config.eval.split)
     check_trackers(config.report_to)
+    _check_launch(config)
     return config
+
+
+def _check_launch(config: RunConfig) -> None:
+    """Launcher, accelerate config file and device count: one clear line, before any model loads."""
+    from selftaught.launch import check_run
+
+    check_run(config)
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -118,9 +118,16 @@ class GenerationConfig:
         "backend=vllm: fraction of GPU memory vLLM may take (freed before each fine-tune).",
         default=0.85,
     )
+    num_processes: int = _help(
+        "Processes generation is spread over (backend=transformers: one GPU each, or CPU "
+        "processes): each decodes a contiguous share of a stage's prompts, gathered back in "
+        "order; started by training.launcher.",
+        default=1,
+    )
 
     def __post_init__(self) -> None:
         _positive("generation.batch_size", self.batch_size)
+        _positive("generation.num_processes", self.num_processes)
         _positive("generation.server_concurrency", self.server_concurrency)
         _non_negative("generation.server_retries", self.server_retries)
         if not self.server_timeout > 0:
@@ -178,9 +185,46 @@ class TrainingConfig:
         "same rule as STaR, i.e. the steps STaR's final model M_N is trained with from M.",
         default=None,
     )
+    # --- scaling out (README "Scaling up") -------------------------------------------------
+    num_processes: int = _help(
+        "Processes (GPUs, or CPU processes over gloo) the fine-tune runs on, across all machines. "
+        "1: in this process, no launcher. More: a child process group started by "
+        "training.launcher; each process takes batch_size / num_processes sequences of every "
+        "step, in micro-batches of micro_batch_size.",
+        default=1,
+    )
+    launcher: str = _help(
+        "What starts the processes when num_processes > 1: 'accelerate' (accelerate launch, "
+        "with training.accelerate_config) or 'torchrun'.",
+        default="accelerate",
+    )
+    accelerate_config: str | None = _help(
+        "accelerate config file choosing DDP, FSDP2 or DeepSpeed ZeRO, machines and precision "
+        "(examples in configs/accelerate/). None: plain data parallel (DDP).",
+        default=None,
+    )
+    launch_prefix: str | None = _help(
+        "Command the launcher runs under, once per machine, e.g. 'srun --ntasks-per-node=1' in "
+        "a Slurm allocation for a multi-machine accelerate_config ($SLURM_NODEID gives each "
+        "machine its rank).",
+        default=None,
+    )
+    gradient_checkpointing: bool = _help(
+        "Recompute activations in the backward pass: less memory, ~30% more compute.",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         _choice("training.method", self.method, ("full", "lora"))
+        _positive("training.num_processes", self.num_processes)
+        _choice("training.launcher", self.launcher, ("accelerate", "torchrun"))
+        if self.batch_size % (self.micro_batch_size * self.num_processes):
+            raise ConfigError(
+                f"training.batch_size ({self.batch_size}) must equal training.micro_batch_size "
+                f"({self.micro_batch_size}) x training.num_processes ({self.num_processes}) x "
+                "gradient accumulation steps; e.g. set training.micro_batch_size="
+                f"{max(1, self.batch_size // self.num_processes)}"
+            )
         _positive("training.start_steps", self.start_steps)
         _positive("training.max_steps", self.max_steps, allow_none=True)
         _positive("training.batch_size", self.batch_size)
@@ -206,7 +250,8 @@ class TrainingConfig:
 
     @property
     def accumulation(self) -> int:
-        return self.batch_size // self.micro_batch_size
+        """Micro-batches each process accumulates per optimizer step."""
+        return self.batch_size // (self.micro_batch_size * self.num_processes)
 
 
 @dataclass

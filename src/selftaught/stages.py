@@ -11,6 +11,7 @@ import re
 import shutil
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -21,7 +22,7 @@ from selftaught.generation.base import derive_seed
 from selftaught.store import RunStore
 from selftaught.tasks import Example, Task
 from selftaught.tracking import open_trackers
-from selftaught.training import TrainExample, get_trainer
+from selftaught.training import TrainExample, TrainResult, get_trainer
 
 
 class NothingKeptError(RuntimeError):
@@ -107,7 +108,7 @@ class Stages:
         steps = steps or self.config.training.steps(n)  # §4.1: 40 · 1.2^(n-1)
         partial = out.with_name("checkpoint.partial")
         shutil.rmtree(partial, ignore_errors=True)
-        result = self.trainer.train(base_model, dataset, steps, partial)
+        result = self._train(base_model, dataset, steps, partial)
         shutil.rmtree(out, ignore_errors=True)
         partial.rename(out)
         summary.write_text(json.dumps({
@@ -187,7 +188,7 @@ class Stages:
     def _generator_for(self, model: str) -> Generator:
         if self._generator is None or self._generator.model_path != model:
             self._release_generator()
-            self._generator = get_generator(model, self.config.model, self.config.generation)
+            self._generator = self._new_generator(model)
         return self._generator
 
     def _release_generator(self) -> None:
@@ -198,6 +199,23 @@ class Stages:
     def close(self) -> None:
         self._release_generator()
         self.trackers.close()
+
+    # --- a stage on several processes (launch.py) ---------------------------------------------
+    def _train(self, base_model: str, dataset: list[TrainExample], steps: int, out: Path) -> TrainResult:
+        from selftaught.launch import fine_tune_on_group, needs_launcher
+
+        if not needs_launcher(self.config.training):  # one process: here, no launcher
+            return self.trainer.train(base_model, dataset, steps, out)
+        return fine_tune_on_group(self.config.training, self.config.seed, base_model, dataset, steps,
+                                  out, self.store.root)
+
+    def _new_generator(self, model: str) -> Generator:
+        if self.config.generation.num_processes == 1:
+            return get_generator(model, self.config.model, self.config.generation)
+        from selftaught.launch import ProcessGroupGenerator
+
+        return ProcessGroupGenerator(model, self.config.model, self.config.generation,
+                                     self.config.training, self.store.root / "processes", self.store.root)
 
     def _metrics(self, n: int, eval_records: list[dict]) -> dict[str, Any]:
         by_group: dict[str, list[bool]] = defaultdict(list)

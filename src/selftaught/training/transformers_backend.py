@@ -39,6 +39,16 @@ class SequenceTooLongError(ValueError):
 
 @register
 class TransformersTrainer(Trainer):
+    """Our packed loop, run through ``accelerate.Accelerator``.
+
+    Why accelerate around our own loop rather than ``Trainer``/``SFTTrainer``: the loop is
+    where STaR's fixed step count, the packed completion-only batches and the output layer on
+    loss positions only live (see the module docstring), and ``Trainer`` would take all three
+    away; accelerate adds exactly what more processes need (DDP, FSDP2 or DeepSpeed ZeRO
+    chosen by a config file, gradient sync, gathering the full state dict from shards) and
+    nothing else, and the same code runs in one process with no launcher.
+    """
+
     name = "transformers"
 
     def train(self, base_model: str, examples: list[TrainExample], steps: int, out_dir: Path) -> TrainResult:
@@ -46,17 +56,23 @@ class TransformersTrainer(Trainer):
         if not examples:
             raise ValueError("no training examples: nothing was kept this iteration")
         torch.manual_seed(self.seed)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        bf16 = cfg.bf16 if cfg.bf16 is not None else _bf16_supported(device)
+        accelerator = _accelerator(cfg)
+        rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+        if cfg.batch_size % (cfg.micro_batch_size * world):
+            raise ValueError(f"training.batch_size={cfg.batch_size} is not micro_batch_size x "
+                             f"{world} processes x accumulation")
+        bf16 = cfg.bf16 if cfg.bf16 is not None else _bf16_supported(device.type)
         tokenizer = AutoTokenizer.from_pretrained(base_model)
         sequences = self._tokenize(tokenizer, examples)
         # Packed rows of a few hundred tokens: plain matmul + softmax attention ran ~3x faster
         # than CPU flash attention's backward with a block-diagonal mask; longer rows keep SDPA,
         # which never materialises the (rows x rows) scores.
         longest = max(len(x) for x, _ in sequences)
-        attention = "eager" if device == "cpu" and longest <= ROW_TOKENS else "sdpa"
+        attention = "eager" if device.type == "cpu" and longest <= ROW_TOKENS else "sdpa"
         model = AutoModelForCausalLM.from_pretrained(
             base_model, dtype=torch.float32, attn_implementation=attention).to(device)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.method == "lora":
             from peft import LoraConfig, get_peft_model
 
@@ -66,32 +82,42 @@ class TransformersTrainer(Trainer):
             ))
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        master = _MasterWeights(model, params) if bf16 else None
+        # One process: bf16 weights with fp32 masters (below). Several: the engine's own mixed
+        # precision (accelerate autocast, FSDP2's policy or DeepSpeed's bf16), fp32 weights.
+        master = _MasterWeights(model, params) if bf16 and world == 1 else None
         # Adam without weight decay, constant lr after linear warm-up (App. H).
         optimizer = _adamw(master.params if master else params, cfg.learning_rate)
+        loss_model, optimizer = accelerator.prepare(_LossModel(model), optimizer)
         warmup = max(cfg.warmup_steps, 1)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-        order = _Sampler(len(sequences), self.seed)
+        # Not prepared: accelerate would step a prepared scheduler once per process.
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            getattr(optimizer, "optimizer", optimizer), lambda s: min(1.0, (s + 1) / warmup))
+        order = _Sampler(len(sequences), self.seed)  # same seed: every process sees the same steps
+        share = cfg.batch_size // world
 
-        losses, tokens, loss_tokens, padding = [], 0, 0, 0
+        losses, counts = [], torch.zeros(3, dtype=torch.float64)  # tokens, loss tokens, padding
         compute_s = optimizer_s = 0.0
         start = time.perf_counter()
-        bar = tqdm(range(steps), desc="fine-tune", unit="step", leave=False)
+        bar = tqdm(range(steps), desc="fine-tune", unit="step", leave=False,
+                   disable=not accelerator.is_main_process)
         for _ in bar:
             t0 = time.perf_counter()
             batch = [sequences[i] for i in order.take(cfg.batch_size)]
+            # The step's loss is the mean over all its target tokens, on every process alike.
             targets = sum(sum(1 for t in tgt if t != -100) for _, tgt in batch)
-            step_loss = 0.0
-            for m in range(0, len(batch), cfg.micro_batch_size):
-                ids, positions, where, labels, pads = _pack(batch[m : m + cfg.micro_batch_size], device)
-                # Loss on the rationale and answer only: logits exist only where a label does.
-                logits = _loss_logits(model, ids, positions, where)
-                loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum") / targets
-                loss.backward()
-                step_loss += loss.item()
-                tokens += ids.numel() - pads
-                padding += pads
-                loss_tokens += len(labels)
+            mine = batch[rank * share : (rank + 1) * share]
+            step_loss = torch.zeros((), dtype=torch.float64)
+            for m in range(0, share, cfg.micro_batch_size):
+                ids, positions, where, labels, pads = _pack(mine[m : m + cfg.micro_batch_size], device)
+                with accelerator.accumulate(loss_model):  # gradient sync on the last micro-batch only
+                    # Loss on the rationale and answer only: logits exist only where a label does.
+                    logits = loss_model(ids, positions, where)
+                    loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum") / targets
+                    # accelerate divides by the accumulation steps and the engine averages over
+                    # processes; undo both, so the gradient is the step's exact token mean.
+                    accelerator.backward(loss * world * cfg.accumulation)
+                step_loss += loss.detach().double().cpu()
+                counts += torch.tensor([ids.numel() - pads, len(labels), pads], dtype=torch.float64)
             t1 = time.perf_counter()
             if master:
                 master.step(optimizer)
@@ -100,26 +126,46 @@ class TransformersTrainer(Trainer):
             schedule.step()
             if not master:
                 optimizer.zero_grad(set_to_none=True)
-            model.zero_grad(set_to_none=True)
+            loss_model.zero_grad(set_to_none=True)
+            if world > 1:  # the step's loss over all processes, for the record
+                step_loss = accelerator.reduce(step_loss.to(device), "sum").cpu()
             compute_s += t1 - t0
             optimizer_s += time.perf_counter() - t1
-            losses.append(step_loss)
-            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+            losses.append(step_loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{world * counts[0].item() / (time.perf_counter() - start):.0f}")
         seconds = time.perf_counter() - start
+        if world > 1:
+            counts = accelerator.reduce(counts.to(device), "sum").cpu()
+        tokens, loss_tokens, padding = (int(c) for c in counts.tolist())
 
         if master:
             master.write_back()
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out_dir)
-        tokenizer.save_pretrained(out_dir)
+        self._save(accelerator, loss_model, tokenizer, out_dir)
         return TrainResult(
             checkpoint=str(out_dir), steps=steps, seconds=seconds, tokens=tokens, losses=losses,
-            extra={"bf16": bf16, "method": cfg.method, "examples": len(examples),
-                   **_utilisation(model, params, tokens, loss_tokens, seconds, bf16, device),
+            extra={"bf16": bf16, "method": cfg.method, "examples": len(examples), "processes": world,
+                   "distributed_type": str(accelerator.distributed_type.value),
+                   **_utilisation(model, params, tokens, loss_tokens, seconds, bf16, device.type, world),
                    "loss_tokens": loss_tokens, "padding_tokens": padding,
                    "seconds_forward_backward": round(compute_s, 3),
                    "seconds_optimizer": round(optimizer_s, 3)},
         )
+
+    @staticmethod
+    def _save(accelerator, loss_model, tokenizer, out_dir: Path) -> None:
+        """A full Hugging Face checkpoint (LoRA: the adapter), written by the main process only.
+
+        ``get_state_dict`` gathers FSDP2 / ZeRO-3 shards into whole tensors (a collective: every
+        process takes part); ZeRO-3 needs ``stage3_gather_16bit_weights_on_model_save``.
+        """
+        state = accelerator.get_state_dict(loss_model)
+        if accelerator.is_main_process:
+            inner = accelerator.unwrap_model(loss_model).model
+            state = {k.removeprefix("model."): v for k, v in state.items()}
+            out_dir.mkdir(parents=True, exist_ok=True)
+            inner.save_pretrained(out_dir, state_dict=state)
+            tokenizer.save_pretrained(out_dir)
+        accelerator.wait_for_everyone()
 
     def _tokenize(self, tokenizer, examples: list[TrainExample]) -> list[tuple[list[int], list[int]]]:
         """(input ids, next-token targets) per example; a target is -100 where there is no loss.
@@ -172,6 +218,36 @@ def _pack(batch: list[tuple[list[int], list[int]]], device: str, row_tokens: int
             torch.tensor(where, device=device).T, torch.tensor(labels, device=device), pads)
 
 
+class _LossModel(torch.nn.Module):
+    """The model with ``_loss_logits`` as its forward, so that DDP / FSDP2 / DeepSpeed see
+    (and hook) one forward call, not the decoder and the output layer called apart."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        # FSDP2's transformer-based wrapping looks for the decoder layer classes here.
+        self._no_split_modules = getattr(model, "_no_split_modules", None)
+
+    def forward(self, ids, positions, where):
+        return _loss_logits(self.model, ids, positions, where)
+
+
+def _accelerator(cfg):
+    """The process group's ``Accelerator`` (one process: a plain one, no launcher needed)."""
+    import os
+
+    from accelerate import Accelerator
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    bf16 = cfg.bf16 if cfg.bf16 is not None else _bf16_supported("cuda" if torch.cuda.is_available() else "cpu")
+    return Accelerator(
+        # Without GPUs the processes talk over gloo (accelerate's MULTI_CPU).
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=("bf16" if bf16 else "no") if distributed else "no",
+        gradient_accumulation_steps=cfg.accumulation,
+    )
+
+
 def _loss_logits(model, ids: torch.Tensor, positions: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     """Logits at the loss positions only: the output layer never runs on prompt tokens."""
     config = model.config
@@ -222,13 +298,15 @@ def _adamw(params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, foreach=True)
 
 
-def _utilisation(model, params, tokens: int, loss_tokens: int, seconds: float, bf16: bool, device: str) -> dict:
-    """Model FLOP utilisation (6N per token) and the FLOPs really run, against a measured peak."""
+def _utilisation(model, params, tokens: int, loss_tokens: int, seconds: float, bf16: bool, device: str,
+                 processes: int = 1) -> dict:
+    """Model FLOP utilisation (6N per token) and the FLOPs really run, against a measured peak
+    (one device's, times the processes)."""
     n = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in params)
     head = model.get_output_embeddings()
     embedding = head.weight.numel() if head is not None else 0
-    peak = matmul_peak_tflops(torch.bfloat16 if bf16 else torch.float32, device)
+    peak = processes * matmul_peak_tflops(torch.bfloat16 if bf16 else torch.float32, device)
     model_tflops = model_flops_per_token(n, trainable) * tokens / seconds / 1e12 if seconds else 0.0
     run_tflops = computed_flops(n, trainable, embedding, tokens, loss_tokens) / seconds / 1e12 if seconds else 0.0
     return {
