@@ -60,7 +60,9 @@ def test_table_has_every_method_with_the_runs_numbers(comparison):
     star, norat, direct = (metrics(comparison / n) for n in ("star", "star-no-rationalization", "direct-finetune"))
     expected = {  # method -> the metrics record it must be read from
         "Few-shot direct": direct[0], "Few-shot CoT": star[0], "Direct fine-tuned": direct[1],
-        "STaR without rationalization": norat[max(norat)], "STaR": star[max(star)],
+        # the iteration selected on validation; the last one is reported beside it
+        "STaR without rationalization": norat[norat[max(norat)]["selected_iteration"]],
+        "STaR": star[star[max(star)]["selected_iteration"]],
     }
     assert [m.name for m in METHODS] == list(expected)
     with (comparison / "comparison.csv").open() as f:
@@ -73,10 +75,13 @@ def test_table_has_every_method_with_the_runs_numbers(comparison):
         assert (int(row["correct"]), int(row["held_out"])) == (m["correct"], m["held_out"]) and m["held_out"] == HELD_OUT
         assert float(row["train_used_percent"]) == pytest.approx(100 * m.get("train_fraction", 0.0))
         assert int(row["iterations"]) == m["iteration"]
-        assert f"| {method} | {m['accuracy']:.1%} ({m['correct']}/{HELD_OUT}) |" in md
+        assert f"| {method} | {100 * m['accuracy']:.1f}% ({m['correct']}/{HELD_OUT}) |" in md
+        assert float(row["ci_low"]) <= m["accuracy"] <= float(row["ci_high"])
     assert float(rows["Direct fine-tuned"]["train_used_percent"]) == 100.0
     assert float(rows["Few-shot CoT"]["train_used_percent"]) == 0.0
-    star_total = sum(m["iteration_seconds"] for m in star.values())
+    assert float(rows["STaR"]["last_accuracy"]) == star[max(star)]["accuracy"]
+    assert rows["STaR"]["p_value"] == "" and 0 <= float(rows["Direct fine-tuned"]["p_value"]) <= 1
+    star_total = sum(m["iteration_seconds"] for n, m in star.items() if n <= int(rows["STaR"]["iterations"]))
     assert float(rows["STaR"]["wall_seconds"]) == pytest.approx(star_total, abs=0.01)
 
 

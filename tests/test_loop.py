@@ -58,7 +58,7 @@ def test_two_iterations_write_every_artifact(finished_run):
         assert m["train_fraction"] == pytest.approx(len(kept) / 32)
         eval_records = read_jsonl(it / "eval.jsonl")
         assert m["accuracy"] == pytest.approx(sum(r["correct"] for r in eval_records) / 8)
-        assert set(m["seconds"]) == {"generations", "rationalizations", "fine_tune", "eval"}
+        assert set(m["seconds"]) == {"generations", "rationalizations", "fine_tune", "validation", "eval"}
         AutoModelForCausalLM.from_pretrained(it / "checkpoint")  # a plain HF checkpoint
 
 

@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last finished stage")
     run.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
+    run.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                     help="one run per seed, in OUTPUT_DIR/seed-SEED/, then mean ± sd of the "
+                     "selected and last iterations' held-out accuracy")
     compare = sub.add_parser(
         "compare",
         help="run STaR and the paper's baselines on the same splits; write the table",
@@ -43,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     compare.add_argument("config", nargs="?", help="YAML config file (e.g. configs/default.yaml)")
     compare.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    compare.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
+                         help="repeat every run once per seed, in OUTPUT_DIR/seed-SEED/; the table "
+                         "gives mean ± sd over seeds (default: the config's one seed, no seed folders)")
     report = sub.add_parser(
         "report", help="plots and a self-contained HTML page for a run or a comparison",
         description="Render RUN_DIR (a run folder, or a comparison's output_dir) as PNG plots "
@@ -95,6 +101,10 @@ def _run(args: argparse.Namespace) -> int:
     from selftaught.loop import default_output_dir, run
     from selftaught.store import RunStore
 
+    if args.seeds and args.resume:
+        raise ConfigError("--seeds starts new runs; resume each seed's folder with --resume OUTPUT_DIR/seed-N")
+    if args.seeds:
+        return _run_seeds(args)
     if args.resume:
         if args.config and "=" in args.config:  # `run --resume DIR key=value`
             args.overrides.insert(0, args.config)
@@ -129,6 +139,31 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_seeds(args: argparse.Namespace) -> int:
+    """`run --seeds A B C`: the same run once per seed, then the spread over seeds."""
+    from selftaught.compare import with_seed
+    from selftaught.loop import default_output_dir, run, selected
+    from selftaught.significance import mean_std
+    from selftaught.store import RunStore
+
+    config = _new_config(args)
+    root = Path(config.output_dir or default_output_dir(config))
+    finals = []
+    for seed in args.seeds:
+        cfg = with_seed(config, seed)
+        cfg.output_dir = str(root / f"seed-{seed}")
+        store = RunStore.create(Path(cfg.output_dir), cfg.to_dict(), args.overwrite)
+        print(f"run folder: {store.root}")
+        history = run(cfg, store)
+        finals.append((selected(history)["accuracy"], history[-1]["accuracy"]))
+    for name, values in (("selected on validation", [a for a, _ in finals]), ("last iteration", [b for _, b in finals])):
+        mean, std = mean_std(values)
+        print(f"done: held-out accuracy, {name}: {100 * mean:.1f}%"
+              + (f" ± {100 * std:.1f}" if std is not None else "")
+              + f" over seeds {' '.join(map(str, args.seeds))} ({', '.join(f'{100 * v:.1f}%' for v in values)})")
+    return 0
+
+
 def _new_config(args: argparse.Namespace) -> RunConfig:
     """CONFIG [key=value ...] (CONFIG optional), checked as far as can be before any work."""
     from selftaught.tasks import get_task
@@ -159,7 +194,7 @@ def _compare(args: argparse.Namespace) -> int:
     name = Path(args.config).stem if args.config else config.task.name
     root = Path(config.output_dir or Path("runs") / f"compare-{name}")
     print(f"comparison folder: {root}")
-    compare(config, root)
+    compare(config, root, seeds=args.seeds)
     print((root / "comparison.md").read_text(), end="")
     print(f"table: {root / 'comparison.md'} and {root / 'comparison.csv'}; "
           f"report: {render(root)}")

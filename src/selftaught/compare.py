@@ -55,14 +55,25 @@ IGNORED_KEYS = ("report_to", "output_dir")
 @dataclass
 class Row:
     method: str
-    accuracy: float  # held-out, 0-1, exactly the run's metrics record
-    correct: int
-    held_out: int
+    accuracy: float  # held-out, 0-1, of the iteration selected on validation; mean over seeds
+    correct: int  # summed over seeds
+    held_out: int  # summed over seeds
     train_used: float  # % of the training set fine-tuned on (Table 1's "Train Data Used")
-    iterations: int
+    iterations: int  # the selected iteration (of the first seed)
     steps: int | None  # optimizer steps of the model evaluated
     wall_seconds: float  # measured stage time of the run up to this iteration
     run: str  # run folder / iteration the numbers come from
+    # Added with seeds and intervals; defaults keep an older comparison.json readable.
+    std: float | None = None  # standard deviation over seeds (None: one seed)
+    ci_low: float | None = None  # 95% bootstrap interval of `accuracy`
+    ci_high: float | None = None
+    last_accuracy: float | None = None  # held-out accuracy of the last iteration, mean over seeds
+    seeds: list[int] | None = None
+    per_seed: list[float] | None = None  # `accuracy` of each seed
+    margin: float | None = None  # STaR's accuracy minus this row's, mean over seeds (0-1)
+    only_star: int | None = None  # questions STaR gets right and this row wrong (all seeds)
+    only_this: int | None = None  # ...and the other way round
+    p_value: float | None = None  # McNemar's exact test of the margin
 
 
 def run_configs(config: RunConfig, root: Path) -> dict[str, RunConfig]:
@@ -77,23 +88,39 @@ def run_configs(config: RunConfig, root: Path) -> dict[str, RunConfig]:
     return out
 
 
-def compare(config: RunConfig, root: Path, say=print) -> list[Row]:
-    """Run (or reuse) every run the comparison needs, then write the table in ``root``."""
+def seed_folders(root: Path, seeds: list[int] | None) -> dict[int | None, Path]:
+    """Where each seed's runs go: ``root`` itself for one unnamed seed, else ``root/seed-N``."""
+    root = Path(root)
+    return {None: root} if not seeds else {s: root / f"seed-{s}" for s in seeds}
+
+
+def with_seed(config: RunConfig, seed: int | None) -> RunConfig:
+    if seed is None:
+        return config
+    return from_dict(RunConfig, {**config.to_dict(), "seed": seed})
+
+
+def compare(config: RunConfig, root: Path, say=print, seeds: list[int] | None = None) -> list[Row]:
+    """Run (or reuse) every run the comparison needs, once per seed, then write the table in
+    ``root``."""
     from selftaught.loop import run
 
     root = Path(root)
-    configs = run_configs(config, root)
-    for name, cfg in configs.items():  # refuse a mismatched folder before any run starts
-        check_reusable(root / name, cfg)
-    stores = {name: open_run(root / name, cfg) for name, cfg in configs.items()}
-    for name, cfg in configs.items():
-        finished = _finished(stores[name], cfg)
-        say(f"{name}: {'reusing finished' if finished else 'running'} run in {stores[name].root}")
-        start = time.perf_counter()
-        run(cfg, stores[name])
-        if not finished:
-            say(f"{name}: done in {time.perf_counter() - start:.0f}s")
-    rows = table(root)
+    plans = {folder: run_configs(with_seed(config, seed), folder)
+             for seed, folder in seed_folders(root, seeds).items()}
+    for folder, configs in plans.items():  # refuse a mismatched folder before any run starts
+        for name, cfg in configs.items():
+            check_reusable(folder / name, cfg)
+    for folder, configs in plans.items():
+        stores = {name: open_run(folder / name, cfg) for name, cfg in configs.items()}
+        for name, cfg in configs.items():
+            finished = _finished(stores[name], cfg)
+            say(f"{name}: {'reusing finished' if finished else 'running'} run in {stores[name].root}")
+            start = time.perf_counter()
+            run(cfg, stores[name])
+            if not finished:
+                say(f"{name}: done in {time.perf_counter() - start:.0f}s")
+    rows = table(root, seeds)
     write_table(rows, root)
     return rows
 
@@ -119,23 +146,80 @@ def check_reusable(path: Path, config: RunConfig) -> bool:
     return True
 
 
-def table(root: Path) -> list[Row]:
-    """One row per method, read from the runs' metrics.jsonl."""
+def table(root: Path, seeds: list[int] | None = None) -> list[Row]:
+    """One row per method, read from the runs' metrics.jsonl and held-out predictions: the
+    iteration selected on validation (mean ± sd over seeds, 95% bootstrap interval), the last
+    iteration, and each baseline's margin below STaR with McNemar's paired test."""
+    from selftaught.significance import bootstrap_interval, mcnemar, mean_std
+
+    folders = seed_folders(root, seeds)
+    picks = {seed: [_pick(method, folder, "" if seed is None else f"{folder.name}/") for method in METHODS]
+             for seed, folder in folders.items()}
+    star = len(METHODS) - 1
     rows = []
-    for method in METHODS:
-        store = RunStore.open(Path(root) / method.run)
-        history = sorted(store.metrics(), key=lambda m: m["iteration"])
-        if not history:
-            raise ConfigError(f"{store.root} has no finished iteration yet; run the comparison first")
-        m = history[-1] if method.final else history[0]
-        upto = [h for h in history if h["iteration"] <= m["iteration"]]
-        rows.append(Row(
-            method=method.name, accuracy=m["accuracy"], correct=m["correct"], held_out=m["held_out"],
-            train_used=100 * m.get("train_fraction", 0.0), iterations=m["iteration"],
-            steps=m.get("steps"), wall_seconds=round(sum(h["iteration_seconds"] for h in upto), 2),
-            run=f"{method.run}/iteration-{m['iteration']:02d}",
-        ))
+    for i, method in enumerate(METHODS):
+        mine = [picks[seed][i] for seed in folders]
+        accuracy, std = mean_std([p.metrics["accuracy"] for p in mine])
+        low, high = bootstrap_interval([p.correct for p in mine])
+        first = mine[0].metrics
+        upto = [h for h in mine[0].history if h["iteration"] <= first["iteration"]]
+        row = Row(
+            method=method.name, accuracy=accuracy, correct=sum(p.metrics["correct"] for p in mine),
+            held_out=sum(p.metrics["held_out"] for p in mine),
+            train_used=100 * sum(p.metrics.get("train_fraction", 0.0) for p in mine) / len(mine),
+            iterations=first["iteration"], steps=first.get("steps"),
+            wall_seconds=round(sum(h["iteration_seconds"] for h in upto), 2),
+            run=f"{mine[0].where}/iteration-{first['iteration']:02d}",
+            std=std, ci_low=low, ci_high=high,
+            last_accuracy=mean_std([p.last["accuracy"] for p in mine])[0],
+            seeds=[s for s in folders if s is not None] or None,
+            per_seed=[p.metrics["accuracy"] for p in mine],
+        )
+        if i != star:
+            stars = [picks[seed][star] for seed in folders]
+            row.margin = mean_std([a.metrics["accuracy"] - b.metrics["accuracy"] for a, b in zip(stars, mine)])[0]
+            pairs = [pair for a, b in zip(stars, mine) for pair in _paired(a, b)]
+            row.only_star, row.only_this, row.p_value = mcnemar(pairs)
+        rows.append(row)
     return rows
+
+
+@dataclass
+class _Pick:
+    """One method's numbers in one seed's runs."""
+
+    where: str  # run folder, relative to the comparison
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]  # the iteration the row reports (selected on validation)
+    last: dict[str, Any]
+    predictions: dict[str, bool]  # held-out question id -> right?
+
+    @property
+    def correct(self) -> list[float]:
+        return [float(v) for v in self.predictions.values()]
+
+
+def _pick(method: Method, folder: Path, prefix: str = "") -> _Pick:
+    from selftaught.loop import selected
+
+    store = RunStore.open(Path(folder) / method.run)
+    history = sorted(store.metrics(), key=lambda m: m["iteration"])
+    if not history:
+        raise ConfigError(f"{store.root} has no finished iteration yet; run the comparison first")
+    if not method.final:
+        m = last = history[0]
+    else:  # a run made before validation existed has no choice to offer: its last iteration
+        last = history[-1]
+        m = selected(history) if "validation_accuracy" in last else last
+    predictions = {r["id"]: bool(r["correct"]) for r in store.read(m["iteration"], "eval")}
+    return _Pick(f"{prefix}{method.run}", history, m, last, predictions)
+
+
+def _paired(a: _Pick, b: _Pick) -> list[tuple[bool, bool]]:
+    if set(a.predictions) != set(b.predictions):
+        raise ConfigError(f"{a.where} and {b.where} were evaluated on different held-out questions; "
+                          "a paired test needs the same ones (same seed, eval.split and eval.size)")
+    return [(a.predictions[q], b.predictions[q]) for q in a.predictions]
 
 
 def write_table(rows: list[Row], root: Path) -> None:
@@ -146,27 +230,49 @@ def write_table(rows: list[Row], root: Path) -> None:
 
 
 def markdown(rows: list[Row]) -> str:
+    seeds = rows[0].seeds if rows else None
     lines = [
-        "| method | held-out accuracy | train data used | iterations | fine-tune steps | wall time | run |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"Held-out accuracy of the iteration selected on validation, mean ± sd over "
+        f"{len(seeds) if seeds else 1} seed{'s' if seeds and len(seeds) > 1 else ''}"
+        f"{' (' + ', '.join(map(str, seeds)) + ')' if seeds else ''}, with its 95% bootstrap "
+        "interval over the held-out questions; the margin below STaR on the same questions, with "
+        "McNemar's exact p-value.",
+        "",
+        "| method | held-out accuracy (selected) | 95% interval | last iteration | STaR − this | p (McNemar) "
+        "| train data used | iteration | fine-tune steps | wall time | run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
+        spread = f" ± {100 * r.std:.1f}" if r.std is not None else ""
+        interval = f"{100 * r.ci_low:.1f}–{100 * r.ci_high:.1f}" if r.ci_low is not None else "-"
+        last = f"{r.last_accuracy:.1%}" if r.last_accuracy is not None else "-"
+        margin = (f"{100 * r.margin:+.1f} pts ({r.only_star} vs {r.only_this})" if r.margin is not None else "-")
+        p = f"{r.p_value:.3g}" if r.p_value is not None else "-"
         lines.append(
-            f"| {r.method} | {r.accuracy:.1%} ({r.correct}/{r.held_out}) | {r.train_used:.1f}% | "
+            f"| {r.method} | {100 * r.accuracy:.1f}%{spread} ({r.correct}/{r.held_out}) | {interval} | "
+            f"{last} | {margin} | {p} | {r.train_used:.1f}% | "
             f"{r.iterations} | {r.steps if r.steps is not None else '-'} | "
             f"{duration(r.wall_seconds)} | {r.run} |"
         )
     return "\n".join(lines) + "\n"
 
 
+CSV_FIELDS = ["method", "accuracy", "std", "ci_low", "ci_high", "last_accuracy", "margin", "only_star",
+              "only_this", "p_value", "correct", "held_out", "train_used_percent", "iterations", "steps",
+              "wall_seconds", "seeds", "per_seed", "run"]
+
+
 def to_csv(rows: list[Row]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["method", "accuracy", "correct", "held_out", "train_used_percent",
-                     "iterations", "steps", "wall_seconds", "run"])
+    writer.writerow(CSV_FIELDS)
+    blank = lambda v: "" if v is None else repr(v) if isinstance(v, float) else v  # noqa: E731
     for r in rows:
-        writer.writerow([r.method, repr(r.accuracy), r.correct, r.held_out, repr(r.train_used),
-                         r.iterations, "" if r.steps is None else r.steps, r.wall_seconds, r.run])
+        writer.writerow([r.method, repr(r.accuracy), blank(r.std), blank(r.ci_low), blank(r.ci_high),
+                         blank(r.last_accuracy), blank(r.margin), blank(r.only_star), blank(r.only_this),
+                         blank(r.p_value), r.correct, r.held_out, repr(r.train_used), r.iterations,
+                         "" if r.steps is None else r.steps, r.wall_seconds,
+                         " ".join(map(str, r.seeds or [])), " ".join(repr(a) for a in r.per_seed or []), r.run])
     return buf.getvalue()
 
 

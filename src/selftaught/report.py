@@ -2,7 +2,8 @@
 
 Everything is read from the run folder, nothing is recomputed::
 
-    accuracy.png   held-out accuracy per iteration; few-shot and direct fine-tune baselines as lines
+    accuracy.png   held-out accuracy per iteration; few-shot and direct fine-tune baselines as lines;
+                   over several seeds, every seed's curve and their mean with a band
     kept.png       training questions kept per iteration: found by generation / by rationalization
     groups.png     accuracy per group (digits, for arithmetic) and iteration: Figure 4's view
     loss.png       training loss of every fine-tune
@@ -68,6 +69,7 @@ class Subject:
     root: Path  # where the report goes by default
     table: list[Row] | None = None
     others: dict[str, Run] = field(default_factory=dict)  # the comparison's other runs
+    seed_runs: dict[str, Run] = field(default_factory=dict)  # STaR in every seed-N folder
 
     def baseline(self, method: str) -> Row | None:
         return next((r for r in self.table or [] if r.method == method), None)
@@ -76,7 +78,10 @@ class Subject:
 def find_subject(path: Path) -> Subject:
     """``path`` is a comparison folder (report on its STaR run) or a run folder (in one or not)."""
     path = Path(path)
-    if (path / "comparison.json").is_file():
+    seeds = sorted(path.glob("seed-*/star/metrics.jsonl"), key=lambda p: _natural_key(p.parent.parent.name))
+    if (path / "comparison.json").is_file() and seeds and not (path / "star").is_dir():
+        root, run_dir = path, seeds[0].parent  # a comparison over seeds: the first seed's runs
+    elif (path / "comparison.json").is_file():
         root, run_dir = path, path / "star"
     elif (path / "config.yaml").is_file():
         root, run_dir = path, path
@@ -88,6 +93,8 @@ def find_subject(path: Path) -> Subject:
     run = Run.load(run_dir)
     table = read_table(path) or read_table(run_dir.parent)
     subject = Subject(run, root, table)
+    if root != run_dir and len(seeds) > 1:
+        subject.seed_runs = {p.parent.parent.name: Run.load(p.parent) for p in seeds}
     if table is not None:
         for method in {m.run for m in METHODS} - {run_dir.name}:
             other = run_dir.parent / method
@@ -130,7 +137,19 @@ def plot_accuracy(s: Subject):
 
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
     runs = [s.run] + ([s.others["star-no-rationalization"]] if "star-no-rationalization" in s.others else [])
-    for run, color in zip(runs, ("tab:blue", "tab:purple")):
+    if s.seed_runs:  # every seed's STaR curve, their mean, and a band of ± one sd
+        runs = list(s.seed_runs.values())
+        for name, run in s.seed_runs.items():
+            ax.plot([m["iteration"] for m in run.history], [100 * m["accuracy"] for m in run.history],
+                    color="tab:blue", alpha=0.35, linewidth=1, marker=".", label=f"STaR, {name}")
+        depth = min(len(r.history) for r in runs)  # iterations every seed reached
+        by_iteration = [[100 * r.history[i]["accuracy"] for r in runs] for i in range(depth)]
+        mean = [sum(v) / len(v) for v in by_iteration]
+        sd = [(sum((a - m) ** 2 for a in v) / (len(v) - 1)) ** 0.5 for v, m in zip(by_iteration, mean)]
+        ax.plot(range(depth), mean, marker="o", color="tab:blue", label=f"STaR, mean of {len(runs)} seeds")
+        ax.fill_between(range(depth), [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)],
+                        color="tab:blue", alpha=0.15, label="± 1 sd over seeds")
+    for run, color in zip([] if s.seed_runs else runs, ("tab:blue", "tab:purple")):
         x = [m["iteration"] for m in run.history]
         ax.plot(x, [100 * m["accuracy"] for m in run.history], marker="o", color=color, label=run.name)
     for method, style in BASELINE_STYLE.items():
@@ -280,7 +299,8 @@ pre { white-space: pre-wrap; margin: 0; font-size: 0.88em; }
 
 CAPTIONS = {
     "accuracy": "Held-out accuracy of M_n after each iteration n (greedy decoding); horizontal "
-                "lines are the baselines of the comparison, on the same held-out questions.",
+                "lines are the baselines of the comparison, on the same held-out questions. With several "
+                "seeds: each seed's STaR curve, their mean and a ± 1 sd band.",
     "kept": "Training questions whose rationale reached the right answer, kept for the next "
             "fine-tune: found unaided (generation) or with the answer as a hint (rationalization, §3.2).",
     "groups": "Held-out accuracy per group (number of digits for arithmetic), as in Figure 4.",
@@ -302,7 +322,9 @@ def page_html(s: Subject, figures: dict[str, Path]) -> str:
         f'questions · {first["held_out"]} held-out questions ({_e(cfg.get("eval", {}).get("split"))} '
         f'split) · seed {cfg.get("seed")}</p>',
         f'<p>Held-out accuracy <b>{first["accuracy"]:.1%}</b> few-shot (iteration 0) → '
-        f'<b>{last["accuracy"]:.1%}</b> after iteration {last["iteration"]}.</p>',
+        f'<b>{last["accuracy"]:.1%}</b> after iteration {last["iteration"]}'
+        + (f'; the iteration selected on validation, {last["selected_iteration"]}, has '
+           f'<b>{last["selected_accuracy"]:.1%}</b>' if "selected_iteration" in last else "") + ".</p>",
     ]
     if s.table:
         parts += ["<h2>Comparison</h2>", _comparison_html(s.table)]
@@ -321,20 +343,37 @@ def page_html(s: Subject, figures: dict[str, Path]) -> str:
 
 
 def _comparison_html(rows: list[Row]) -> str:
-    head = ("<tr><th>method</th><th>held-out accuracy</th><th>train data used</th>"
-            "<th>iterations</th><th>fine-tune steps</th><th>wall time</th><th>run</th></tr>")
+    seeds = rows[0].seeds if rows else None
+    head = ("<tr><th>method</th><th>held-out accuracy (selected on validation)</th><th>95% interval</th>"
+            "<th>last iteration</th><th>STaR − this (McNemar p)</th><th>train data used</th>"
+            "<th>iteration</th><th>fine-tune steps</th><th>wall time</th><th>run</th></tr>")
     body = "".join(
-        f"<tr><td>{_e(r.method)}</td><td class=num>{r.accuracy:.1%} ({r.correct}/{r.held_out})</td>"
+        f"<tr><td>{_e(r.method)}</td><td class=num>{r.accuracy:.1%}"
+        f"{f' ± {100 * r.std:.1f}' if r.std is not None else ''} ({r.correct}/{r.held_out})</td>"
+        f"<td class=num>{_interval(r)}</td>"
+        f"<td class=num>{'-' if r.last_accuracy is None else f'{r.last_accuracy:.1%}'}</td>"
+        f"<td class=num>{'-' if r.margin is None else f'{100 * r.margin:+.1f} pts (p = {r.p_value:.3g})'}</td>"
         f"<td class=num>{r.train_used:.1f}%</td><td class=num>{r.iterations}</td>"
         f"<td class=num>{'-' if r.steps is None else r.steps}</td>"
         f"<td class=num>{duration(r.wall_seconds)}</td><td>{_e(r.run)}</td></tr>"
         for r in rows
     )
-    return f"<table>{head}{body}</table>"
+    note = (f"<p>Mean ± sd over seeds {', '.join(map(str, seeds))}; " if seeds else "<p>One seed; ")
+    note += ("95% bootstrap interval over the held-out questions; McNemar's exact test on the "
+             "same questions.</p>")
+    return f"{note}<table>{head}{body}</table>"
+
+
+def _interval(r: Row) -> str:
+    return "-" if r.ci_low is None else f"{100 * r.ci_low:.1f}–{100 * r.ci_high:.1f}%"
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _iterations_html(history: list[dict[str, Any]]) -> str:
-    head = ("<tr><th>iteration</th><th>accuracy</th><th>kept: generation</th>"
+    head = ("<tr><th>iteration</th><th>accuracy</th><th>validation</th><th>kept: generation</th>"
             "<th>kept: rationalization</th><th>train data used</th><th>steps</th>"
             "<th>final loss</th><th>time</th></tr>")
     rows = []
@@ -343,6 +382,7 @@ def _iterations_html(history: list[dict[str, Any]]) -> str:
         rows.append(
             f"<tr><td class=num>{m['iteration']}</td>"
             f"<td class=num>{m['accuracy']:.1%} ({m['correct']}/{m['held_out']})</td>"
+            f"<td class=num>{_validation(m, history[-1].get('selected_iteration'))}</td>"
             + "".join(f"<td class=num>{v}</td>" for v in (
                 m.get("kept_generation", 0) + m.get("kept_answers", 0) if trained else "-",
                 m.get("kept_rationalization", "-") if trained else "-",
@@ -353,6 +393,13 @@ def _iterations_html(history: list[dict[str, Any]]) -> str:
             )) + "</tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _validation(m: dict[str, Any], chosen: int | None) -> str:
+    if "validation_accuracy" not in m:
+        return "-"
+    mark = " (selected)" if chosen == m["iteration"] else ""
+    return f"{m['validation_accuracy']:.1%}{mark}"
 
 
 def _rationales_html(pairs: list[tuple[dict, dict]]) -> str:

@@ -64,7 +64,7 @@ class Stages:
         if not self.store.done(n, "train"):
             first: dict[str, dict] = {}
             for r in rationales + rationalized:  # generation wins over rationalization
-                if r["correct"]:
+                if r["correct"] and not r.get("leaks_hint"):  # a rationale repeating the hint is not kept
                     first.setdefault(r["id"], r)
             records = []
             for e in train:
@@ -170,6 +170,7 @@ class Stages:
                         "question": e.question, "answer": e.answer, "prompt": prompt,
                         "output": c.text, "stop": c.stop, "finish": c.finish, "tokens": c.tokens,
                         "predicted": predicted, "correct": self.task.is_correct(predicted, e),
+                        **({"leaks_hint": self.task.leaks_hint(c.text, e)} if hint else {}),
                     })
             return records
 
@@ -239,9 +240,12 @@ class Stages:
             summary = json.loads((self.store.iteration_dir(n) / "train.json").read_text())
             if self.direct:
                 record["kept_answers"] = sources["answers"]
+            rationalized = self.store.read(n, "rationalizations") if self.store.done(n, "rationalizations") else []
             record.update({
                 "kept_generation": sources["generations"],
                 "kept_rationalization": sources["rationalizations"],
+                # right answers whose rationale repeated the hint: not kept
+                "rejected_hint_leaks": sum(bool(r["correct"] and r.get("leaks_hint")) for r in rationalized),
                 "train_fraction": len(kept) / train_questions,
                 "steps": summary["steps"],
                 "final_loss": summary["losses"][-1] if summary["losses"] else None,

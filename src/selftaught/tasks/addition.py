@@ -108,6 +108,11 @@ class Addition(Task):
             return f"\n{rationale}\n{_spaced(answer)}" if rationale else f"\n{_spaced(answer)}"
         return f" {rationale} The answer is {answer}." if rationale else f" The answer is {answer}."
 
+    def leaks_hint(self, completion: str, example: Example) -> bool:
+        # The scratchpad format never says "the answer is": only its hint does.
+        return super().leaks_hint(completion, example) or (
+            self.scratchpad and "the answer is" in " ".join(completion.lower().split()))
+
     def extract_answer(self, completion: str, example: Example | None = None) -> str | None:
         if self.scratchpad:
             return _scratchpad_answer(completion)

@@ -6,6 +6,7 @@ A new task is one file in this package that subclasses ``Task`` and decorates it
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -136,6 +137,29 @@ class Task(ABC):
     def prompt(self, example: Example, hint: bool = False, direct: bool = False) -> str:
         return self.fewshot_prompt(hint, direct) + self.format_question(example, hint)
 
+    # --- the hint (§3.2) ----------------------------------------------------------------------
+    def hint_text(self, example: Example) -> str:
+        """What the hint adds to the question: the text between the common start and end of the
+        question with and without it, e.g. " (Hint: the answer is 85.)" or " (CORRECT)"."""
+        plain, hinted = self.format_question(example, False), self.format_question(example, True)
+        start = 0
+        while start < min(len(plain), len(hinted)) and plain[start] == hinted[start]:
+            start += 1
+        end = 0
+        while end < min(len(plain), len(hinted)) - start and plain[-1 - end] == hinted[-1 - end]:
+            end += 1
+        return hinted[start : len(hinted) - end]
+
+    def leaks_hint(self, completion: str, example: Example) -> bool:
+        """True when a rationalized completion repeats the hint: the word "hint" or the hint's
+        own text. Such a rationale leans on an answer it was given, and it would teach the model
+        to expect one, so it is not kept (§3.2: the hint never appears in a training example).
+        Tasks whose hint is something else (a "(CORRECT)" tag) override this."""
+        if _HINT_WORD.search(completion):
+            return True
+        hint = _squash(self.hint_text(example))
+        return bool(hint) and hint in _squash(completion)
+
     # --- answers --------------------------------------------------------------------------
     @abstractmethod
     def extract_answer(self, completion: str, example: Example | None = None) -> str | None:
@@ -147,6 +171,14 @@ class Task(ABC):
 
     def is_correct(self, predicted: str | None, example: Example) -> bool:
         return predicted is not None and predicted == example.answer
+
+
+_HINT_WORD = re.compile(r"\bhint", re.IGNORECASE)
+
+
+def _squash(text: str) -> str:
+    """Lower case, runs of white space as one space: "( CORRECT )" and "(correct)" compare."""
+    return " ".join(text.lower().replace("(", " ( ").replace(")", " ) ").split())
 
 
 _REGISTRY: dict[str, type[Task]] = {}

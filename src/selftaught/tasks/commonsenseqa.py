@@ -8,6 +8,7 @@ hint marks the right one "(CORRECT)", in its own few-shot prompt of the same sty
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from selftaught.tasks.answers import extract_choice, letter_is_correct
@@ -74,6 +75,9 @@ class CommonsenseQA(Task):
     def is_correct(self, predicted: str | None, example: Example) -> bool:
         return letter_is_correct(predicted, example)
 
+    def leaks_hint(self, completion: str, example: Example) -> bool:
+        return super().leaks_hint(completion, example) or marks_correct(completion)
+
 
 def format_choices(example: Example, hint: bool) -> str:
     """The paper's layout: "Answer Choices:" then "(a) text" a line, "(CORRECT)" on the right
@@ -83,6 +87,14 @@ def format_choices(example: Example, hint: bool) -> str:
         mark = " (CORRECT)" if hint and label == example.answer else ""
         lines.append(f"({label.lower()}) {text}{mark}")
     return "\n".join(lines)
+
+
+_CORRECT_TAG = re.compile(r"\(\s*correct\s*\)|\bmarked\s+(as\s+)?correct", re.IGNORECASE)
+
+
+def marks_correct(completion: str) -> bool:
+    """The hint's "(CORRECT)" tag repeated, in any case or spacing, or named ("marked correct")."""
+    return _CORRECT_TAG.search(completion) is not None
 
 
 def _example(record: Record) -> Example:
@@ -107,4 +119,4 @@ def _exemplar(record: Record) -> Example:
     return Example("", record.get("question").strip(), answer, choices)
 
 
-__all__ = ["CommonsenseQA", "format_choices"]
+__all__ = ["CommonsenseQA", "format_choices", "marks_correct"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from selftaught.config import ConfigError
 from selftaught.tasks.answers import make_checker
 from selftaught.tasks.base import Example, Task, option, register
-from selftaught.tasks.commonsenseqa import format_choices
+from selftaught.tasks.commonsenseqa import format_choices, marks_correct
 from selftaught.tasks.data import (
     DataOptions, Record, answer_label, check_unique_ids, exemplar_choices, parse_choices,
     prompt_file, read_exemplars, seeded_sample,
@@ -128,3 +128,7 @@ class Custom(Task):
 
     def is_correct(self, predicted: str | None, example: Example) -> bool:
         return self.checker.is_correct(predicted, example)
+
+    def leaks_hint(self, completion: str, example: Example) -> bool:
+        # With choices the hint is commonsenseqa's "(CORRECT)" tag.
+        return super().leaks_hint(completion, example) or bool(example.choices) and marks_correct(completion)
