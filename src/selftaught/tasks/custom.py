@@ -128,3 +128,7 @@ class Custom(Task):
 
     def is_correct(self, predicted: str | None, example: Example) -> bool:
         return self.checker.is_correct(predicted, example)
+
+    @property
+    def states_equations(self) -> bool:
+        return self.options.checker == "numeric"  # numbers computed in the rationale
