@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from selftaught.cli import main
 from selftaught.generation.transformers_backend import TransformersGenerator
 from selftaught.stages import Stages
+from selftaught.tasks.steps import steps_hold
 from selftaught.training.transformers_backend import TransformersTrainer
 
 from helpers import read_jsonl, tiny_overrides
@@ -66,10 +67,13 @@ def test_only_correct_rationales_are_kept(finished_run):
     for it in ("iteration-01", "iteration-02"):
         generated = {r["id"]: r for r in read_jsonl(finished_run / it / "generations.jsonl")}
         rationalized = {r["id"]: r for r in read_jsonl(finished_run / it / "rationalizations.jsonl")}
-        assert set(rationalized) == {i for i, r in generated.items() if not r["correct"]}
+        # addition's rationales state equations, so loop.step_checker=auto checks them: a right
+        # answer reached through a false one is a failure, rationalized and never kept.
+        assert set(rationalized) == {i for i, r in generated.items()
+                                     if not r["correct"] or not steps_hold(r["output"])}
         for kept in read_jsonl(finished_run / it / "train.jsonl"):
             source = generated if kept["source"] == "generations" else rationalized
-            assert source[kept["id"]]["correct"]
+            assert source[kept["id"]]["correct"] and steps_hold(source[kept["id"]]["output"])
             assert kept["completion"].startswith(source[kept["id"]]["output"])
 
 

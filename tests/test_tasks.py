@@ -438,7 +438,9 @@ def test_reasoning_gym_own_config_and_bad_options():
     task = get_task("reasoning_gym", {"dataset": "leg_counting", "config": {"min_animals": 1, "max_animals": 1}})
     assert all(re.search(r"you have \d+ [a-z]+\?$", e.question) for e in task.load("train", 10, seed=0))
     (x, rationale), *_ = task.exemplars()
-    assert rationale == ""  # no worked solution: the exemplar shows the answer format only
+    assert rationale.startswith("A dog has 4 legs")  # no worked solution: our hand-written one
+    (x, rationale), *_ = get_task("reasoning_gym", {"dataset": "count_bits"}).exemplars()
+    assert rationale == ""  # neither: the exemplar shows the answer format only
     with pytest.raises(ConfigError, match="needs task.options.dataset"):
         get_task("reasoning_gym")
     with pytest.raises(DataError, match="no such prompt file"):

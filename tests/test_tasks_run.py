@@ -117,7 +117,7 @@ def test_full_run_on_custom_data(tiny_model, tmp_path):
     ("addition", "(Hint: the answer is", "Input:\n", "\n\n"),
     ("commonsenseqa", "(CORRECT)", "\nAnswer Choices:\n(a) ", "\n\n"),
     ("gsm8k", "? (", "\n#### ", "\n\n"),  # the hint: "... left? (26)"
-    ("reasoning_gym", "(Hint: the answer is", "\nAnswer: <answer>", "</answer>"),
+    ("reasoning_gym", "(Hint: the answer is", "\nAnswer: Multiplication comes first", "</answer>"),
 ])
 def test_full_run_on_each_task(format_model, tmp_path, capsys, name, hint_mark, in_prompt, end):
     if name == "reasoning_gym" and not HAS_REASONING_GYM:

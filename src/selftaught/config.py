@@ -72,10 +72,35 @@ class LoopConfig:
     min_improvement: float = _help(
         "Accuracy gain (0-1) that counts as an improvement for early stopping.", default=0.0
     )
+    keep_per_question: int = _help(
+        "Distinct correct rationales kept per question (the paper: 1; ReST-EM: up to 10 of 32 "
+        "samples). More than 1 needs generation.samples_per_question > 1.",
+        default=1,
+    )
+    distinct: str = _help(
+        "When two correct rationales are the same: 'text' (the same words, ignoring case and "
+        "spacing) or 'signature' (RFT: the same sequence of equations, or of numbers).",
+        default="text",
+    )
+    step_checker: str = _help(
+        "Reject a correct answer reached through a false step (RFT): 'equations' (the built-in "
+        "check of every arithmetic equation in the rationale, e.g. '94 - 77 = 112'), 'none', "
+        "'auto' (equations for the arithmetic tasks: addition, gsm8k, custom with checker=numeric, "
+        "reasoning-gym's arithmetic tasks; none elsewhere), or package.module:function called as "
+        "function(rationale) -> bool (True: keep).",
+        default="auto",
+    )
+    restart_from_base: bool = _help(
+        "Fine-tune each M_n from the base model M (the paper) or, false, continue from M_{n-1} "
+        "(B-STaR, OpenRLHF).",
+        default=True,
+    )
 
     def __post_init__(self) -> None:
         _positive("loop.iterations", self.iterations)
         _non_negative("loop.patience", self.patience)
+        _positive("loop.keep_per_question", self.keep_per_question)
+        _choice("loop.distinct", self.distinct, ("text", "signature"))
 
 
 @dataclass
@@ -316,6 +341,16 @@ class RunConfig:
         _choice("method", self.method, METHODS)
         for name in self.report_to:
             _choice("report_to", name, TRACKERS)
+        if not self.loop.restart_from_base and self.training.method == "lora":
+            raise ConfigError("loop.restart_from_base=false continues training M_{n-1}, which "
+                              "training.method=lora does not support (its M_n is an adapter); "
+                              "use training.method=full")
+        if self.loop.keep_per_question > self.generation.samples_per_question:
+            raise ConfigError(
+                f"loop.keep_per_question={self.loop.keep_per_question} needs at least as many "
+                f"samples per question; set generation.samples_per_question >= "
+                f"{self.loop.keep_per_question} (and generation.temperature > 0)"
+            )
 
     def direct_finetune_steps(self) -> int:
         """Baseline budget: by default what STaR's last model gets (§4.1 rule at n = N)."""

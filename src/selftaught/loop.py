@@ -39,7 +39,8 @@ def star(config: RunConfig, store: RunStore) -> list[dict]:
             stages.rationalize(n, model, failures) if config.loop.rationalize else []
         )
         dataset = stages.filter_correct(n, train, rationales, rationalized)  # D_n ∪ D^rat_n
-        model = stages.fine_tune(n, base_model, dataset)  # M_n ← train(M, ·): the ORIGINAL M
+        start = base_model if config.loop.restart_from_base else model  # continue: M_{n-1} (B-STaR)
+        model = stages.fine_tune(n, start, dataset)  # M_n ← train(M, ·): the ORIGINAL M by default
         history.append(stages.evaluate(n, model, held_out, validation))  # accuracy of M_n
         if n < config.loop.iterations and plateaued(history, config.loop.patience, config.loop.min_improvement):
             stages.say(f"validation accuracy has not improved for {config.loop.patience} "

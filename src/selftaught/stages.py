@@ -17,10 +17,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from selftaught.config import RunConfig
+from selftaught.filtering import distinct_key, preference_pairs, select
 from selftaught.generation import Generator, SamplingParams, get_generator
 from selftaught.generation.base import derive_seed
 from selftaught.store import RunStore
 from selftaught.tasks import Example, Task
+from selftaught.tasks.steps import make_step_checker
 from selftaught.tracking import open_trackers
 from selftaught.training import TrainExample, TrainResult, get_trainer
 
@@ -44,13 +46,17 @@ class Stages:
         self.direct = config.method == "direct_finetune"
         self.trackers = open_trackers(config.report_to, config.to_dict(), store.root)
         self._generator: Generator | None = None
+        spec = config.loop.step_checker
+        if spec == "auto":
+            spec = "equations" if task.states_equations else "none"
+        self.steps_hold = make_step_checker(spec)  # None: the final answer alone decides
 
     # --- Algorithm 1, one method per line ----------------------------------------------------
     def generate_rationales(self, n: int, model: str, train: list[Example]) -> list[dict]:
         return self._complete(n, "generations", model, train, hint=False, params=self.sampling)
 
     def failures(self, train: list[Example], rationales: list[dict]) -> list[Example]:
-        solved = {r["id"] for r in rationales if r["correct"]}
+        solved = {r["id"] for r in rationales if r["correct"] and self._steps_hold(r)}
         return [e for e in train if e.id not in solved]
 
     def rationalize(self, n: int, model: str, failures: list[Example]) -> list[dict]:
@@ -60,23 +66,23 @@ class Stages:
     def filter_correct(
         self, n: int, train: list[Example], rationales: list[dict], rationalized: list[dict]
     ) -> list[TrainExample]:
-        """Keep one rationale per question whose final answer equals the ground truth."""
+        """Keep up to loop.keep_per_question distinct rationales per question whose final answer
+        equals the ground truth (and, with a step checker, whose equations hold)."""
         if not self.store.done(n, "train"):
-            first: dict[str, dict] = {}
-            for r in rationales + rationalized:  # generation wins over rationalization
-                if r["correct"] and not r.get("leaks_hint"):  # a rationale repeating the hint is not kept
-                    first.setdefault(r["id"], r)
-            records = []
-            for e in train:
-                if e.id in first:
-                    r = first[e.id]
-                    records.append({
-                        "id": e.id,
-                        "source": r["stage"],
-                        # The prompt is rebuilt *without* the hint, as if found unaided.
-                        "prompt": self._training_prompt(e),
-                        "completion": r["output"] + (r["stop"] or self.sampling.stop[0]),
-                    })
+            loop = self.config.loop
+            chosen = select(  # generation wins over rationalization
+                [e.id for e in train], rationales + rationalized, loop.keep_per_question,
+                distinct_key(loop.distinct), self.steps_hold,
+            )
+            records = [{
+                "id": e.id,
+                "source": r["stage"],
+                # The prompt is rebuilt *without* the hint, as if found unaided.
+                "prompt": self._training_prompt(e),
+                "completion": self._completion(r),
+            } for e in train for r in chosen.kept.get(e.id, [])]
+            self._write_preference_pairs(n, train, chosen)
+            (self.store.iteration_dir(n) / "filter.json").write_text(json.dumps(chosen.stats(), indent=1))
             if not records:
                 raise NothingKeptError(
                     f"iteration {n}: no rationale reached the right answer for any of the "
@@ -85,6 +91,9 @@ class Stages:
                     "that is right more often than chance: make the task easier, set "
                     "loop.rationalize=true, sample more (generation.samples_per_question with "
                     "generation.temperature > 0), or use a larger model"
+                    + (f"; {sum(chosen.step_rejected.values())} right answers were reached through "
+                       "a false equation and rejected by loop.step_checker (none: keep them)"
+                       if chosen.step_rejected else "")
                 )
             self.store.write(n, "train", records)
         return [TrainExample(r["prompt"], r["completion"]) for r in self.store.read(n, "train")]
@@ -99,7 +108,7 @@ class Stages:
         return [TrainExample(r["prompt"], r["completion"]) for r in self.store.read(n, "train")]
 
     def fine_tune(self, n: int, base_model: str, dataset: list[TrainExample], steps: int | None = None) -> str:
-        """Train M_n from the base model M (never from M_{n-1}) and return its checkpoint."""
+        """Train M_n from ``base_model`` (the paper: M, never M_{n-1}) and return its checkpoint."""
         out = self.store.iteration_dir(n) / "checkpoint"
         summary = self.store.iteration_dir(n) / "train.json"
         if summary.exists():
@@ -181,6 +190,23 @@ class Stages:
                                 tokens_per_second=tokens / seconds if seconds else 0.0)
         return records
 
+    def _steps_hold(self, record: dict) -> bool:
+        return self.steps_hold is None or self.steps_hold(record["output"])
+
+    def _completion(self, record: dict) -> str:
+        return record["output"] + (record["stop"] or self.sampling.stop[0])
+
+    def _write_preference_pairs(self, n: int, train: list[Example], chosen) -> None:
+        """V-STaR / DPO: correct-versus-incorrect completions of each question, in TRL's
+        preference format (prompt, chosen, rejected); the prompt is the hint-free question."""
+        pairs = []
+        for e in train:
+            good = [self._completion(r) for r in chosen.kept.get(e.id, [])]
+            bad = [self._completion(r) for r in chosen.rejected.get(e.id, [])]
+            prompt = self._training_prompt(e)
+            pairs += [{"prompt": prompt, "chosen": c, "rejected": r} for c, r in preference_pairs(good, bad)]
+        self.store.write(n, "preference_pairs", pairs)
+
     def _training_prompt(self, example: Example) -> str:
         if self.config.training.keep_fewshot_prompt:
             return self.task.prompt(example, hint=False, direct=self.direct)
@@ -241,6 +267,7 @@ class Stages:
             if self.direct:
                 record["kept_answers"] = sources["answers"]
             rationalized = self.store.read(n, "rationalizations") if self.store.done(n, "rationalizations") else []
+            record.update(self._sampling_metrics(n))
             record.update({
                 "kept_generation": sources["generations"],
                 "kept_rationalization": sources["rationalizations"],
@@ -261,6 +288,21 @@ class Stages:
         correct = sum(r["correct"] for r in records)
         return {"validation_accuracy": correct / len(records), "validation_correct": correct,
                 "validation_size": len(records)}
+
+    def _sampling_metrics(self, n: int) -> dict[str, Any]:
+        """Samples drawn, correct, rejected for a false step, and distinct kept (filter.json)."""
+        path = self.store.iteration_dir(n) / "filter.json"
+        if not path.exists():  # the direct baseline samples nothing
+            return {}
+        f = json.loads(path.read_text())
+        rates = list(f["pass_rate"].values())
+        return {
+            "samples_drawn": f["samples_drawn"], "samples_correct": f["samples_correct"],
+            "step_rejected": f["step_rejected"], "kept_distinct": f["kept"],
+            "duplicates": f["duplicates"], "over_cap": f["over_cap"],
+            "mean_pass_rate": sum(rates) / len(rates) if rates else None,
+            "preference_pairs": len(self.store.read(n, "preference_pairs")),
+        }
 
     @staticmethod
     def say(text: str) -> None:

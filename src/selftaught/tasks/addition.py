@@ -108,6 +108,8 @@ class Addition(Task):
             return f"\n{rationale}\n{_spaced(answer)}" if rationale else f"\n{_spaced(answer)}"
         return f" {rationale} The answer is {answer}." if rationale else f" The answer is {answer}."
 
+    states_equations = True  # "47 + 38 = 85." (the scratchpad states none: nothing to check)
+
     def leaks_hint(self, completion: str, example: Example) -> bool:
         # The scratchpad format never says "the answer is": only its hint does.
         return super().leaks_hint(completion, example) or (

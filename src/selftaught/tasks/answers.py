@@ -246,29 +246,32 @@ def make_checker(spec: str) -> Checker:
     )
 
 
-def import_function(path: str) -> Callable:
+def import_function(
+    path: str, key: str = "task.options.checker", arguments: tuple[str, ...] = ("predicted", "answer")
+) -> Callable:
     """``package.module:function`` imported with importlib; no string is ever evaluated."""
     if not _IMPORT_PATH.fullmatch(path):
-        raise ConfigError(f"task.options.checker {path!r} must look like package.module:function")
+        raise ConfigError(f"{key} {path!r} must look like package.module:function")
     module_name, _, attr = path.partition(":")
     try:
         obj = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(
-            f"task.options.checker {path!r}: cannot import {module_name} ({e}); make sure it is "
+            f"{key} {path!r}: cannot import {module_name} ({e}); make sure it is "
             "installed or on PYTHONPATH (e.g. PYTHONPATH=. for a file in this folder)"
         ) from None
     for part in attr.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
-            raise ConfigError(f"task.options.checker {path!r}: {module_name} has no {attr}")
+            raise ConfigError(f"{key} {path!r}: {module_name} has no {attr}")
     if not callable(obj):
-        raise ConfigError(f"task.options.checker {path!r} is not a function")
+        raise ConfigError(f"{key} {path!r} is not a function")
     try:
-        inspect.signature(obj).bind("predicted", "answer")
+        inspect.signature(obj).bind(*arguments)
     except TypeError:
-        raise ConfigError(f"task.options.checker {path!r} must take two arguments, "
-                          "(predicted, answer), and return whether the prediction is right") from None
+        what = {("predicted", "answer"): "two arguments, (predicted, answer), and return whether "
+                "the prediction is right"}.get(arguments, f"({', '.join(arguments)}) and return a bool")
+        raise ConfigError(f"{key} {path!r} must take {what}") from None
     except ValueError:  # a builtin without a signature: it will be called as documented
         pass
     return obj

@@ -172,6 +172,12 @@ class Task(ABC):
     def is_correct(self, predicted: str | None, example: Example) -> bool:
         return predicted is not None and predicted == example.answer
 
+    @property
+    def states_equations(self) -> bool:
+        """Whether this task's rationales compute in arithmetic equations, so that
+        loop.step_checker=auto checks them (see tasks/steps.py)."""
+        return False
+
 
 _HINT_WORD = re.compile(r"\bhint", re.IGNORECASE)
 

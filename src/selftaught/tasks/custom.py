@@ -129,6 +129,10 @@ class Custom(Task):
     def is_correct(self, predicted: str | None, example: Example) -> bool:
         return self.checker.is_correct(predicted, example)
 
+    @property
+    def states_equations(self) -> bool:
+        return self.options.checker == "numeric"  # numbers computed in the rationale
+
     def leaks_hint(self, completion: str, example: Example) -> bool:
         # With choices the hint is commonsenseqa's "(CORRECT)" tag.
         return super().leaks_hint(completion, example) or bool(example.choices) and marks_correct(completion)

@@ -72,6 +72,8 @@ class GSM8K(Task):
     def extract_answer(self, completion: str, example: Example | None = None) -> str | None:
         return extract_number(completion)
 
+    states_equations = True  # "48/2 = 24": arithmetic the step checker can verify
+
     def is_correct(self, predicted: str | None, example: Example) -> bool:
         return predicted is not None and normalize_number(predicted) == example.answer
 

@@ -3,7 +3,9 @@
 Questions come from the task's generator, seeded; a question's hash puts it in train (70%),
 test (20%) or the few-shot pool (10%), so the splits and the exemplars never share a question.
 Exemplars show the task's worked solution where the generator gives one (``gsm_symbolic``'s
-``answer_cot``); otherwise only the answer, in this task's short format:
+``answer_cot``); for a dozen common tasks without one, rationales written by hand for this project
+(``prompts/reasoning_gym_<task>.yaml``); otherwise only the answer, with a note at start that
+STaR then has no rationale to imitate. The format:
 
     Question: <question>
     Answer: <rationale>
@@ -15,16 +17,21 @@ reasoning-gym's own convention for the final answer, which also ends multi-line 
 from __future__ import annotations
 
 import re
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Any
 
 from selftaught.config import ConfigError
 from selftaught.tasks.base import DataError, Example, Task, option, register
-from selftaught.tasks.data import read_exemplars
+from selftaught.tasks.data import prompt_file, read_exemplars
 
 _VIRTUAL_SIZE = 10**6  # reasoning-gym generates item i lazily from seed + i
 _TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.DOTALL)
+# Tasks whose rationales compute in equations, so loop.step_checker=auto checks them.
+_ARITHMETIC = {"basic_arithmetic", "chain_sum", "products", "decimal_arithmetic", "decimal_chain_sum",
+               "leg_counting", "gsm_symbolic", "simple_equations", "gcd", "lcm"}
+_NOTED: set[str] = set()  # tasks whose missing rationales were already pointed out
 
 
 @dataclass
@@ -82,11 +89,15 @@ class ReasoningGym(Task):
         self._seed = self.options.seed or 0  # the run's seed, once load() has seen it
         self._generator(self._seed)  # reject a bad task config now, before any work
         self._fewshot: list[tuple[Example, str]] | None = None
+        shipped = prompt_file(f"reasoning_gym_{name}.yaml")
         if self.options.prompt_file:  # read now: a bad file must stop the run before any work
-            self._fewshot = [
-                (Example("", r.get("question").strip(), r.get("answer")), r.get("rationale", required=False) or "")
-                for r in read_exemplars(self.options.prompt_file)
-            ]
+            self._fewshot = _read_fewshot(self.options.prompt_file)
+        elif shipped.is_file():  # our hand-written rationales for this task
+            self._fewshot = _read_fewshot(shipped)[: self.options.fewshot]
+        elif self.options.fewshot and not _worked_solution(self._generator(self._seed)[0]):
+            _note_no_rationales(name)
+        # A question shown as an exemplar is never also a training or held-out question.
+        self._exemplar_questions = {x.question for x, _ in self._fewshot or []}
 
     def _generator(self, seed: int):
         if seed not in self._generators:
@@ -111,7 +122,7 @@ class ReasoningGym(Task):
             if len(out) == size:
                 break
             entry = data[i]
-            if _part(entry["question"]) != part:
+            if _part(entry["question"]) != part or entry["question"].strip() in self._exemplar_questions:
                 continue
             if entry["answer"] is None:
                 raise DataError(f"reasoning-gym task {self.options.dataset!r} item {i}: it has no "
@@ -149,6 +160,10 @@ class ReasoningGym(Task):
         found = _TAG.findall(completion)
         return found[-1].strip() if found and found[-1].strip() else None
 
+    @property
+    def states_equations(self) -> bool:
+        return self.options.dataset in _ARITHMETIC
+
     def is_correct(self, predicted: str | None, example: Example) -> bool:
         if predicted is None:
             return False
@@ -159,6 +174,22 @@ class ReasoningGym(Task):
             return data.score_answer(predicted, entry) >= self.options.min_score
         except Exception:  # a scorer that cannot parse the answer: it is not right
             return False
+
+
+def _read_fewshot(path) -> list[tuple[Example, str]]:
+    return [(Example("", r.get("question").strip(), r.get("answer")), r.get("rationale", required=False) or "")
+            for r in read_exemplars(path)]
+
+
+def _note_no_rationales(name: str) -> None:
+    if name in _NOTED:
+        return
+    _NOTED.add(name)
+    print(f"selftaught: note: reasoning-gym task {name!r} gives no worked solutions, so its few-shot "
+          "exemplars show answers without a rationale and STaR starts from direct answers; give "
+          "exemplars with rationales in task.options.prompt_file=my_exemplars.yaml (a YAML list of "
+          "question, answer, rationale, like selftaught/prompts/reasoning_gym_leg_counting.yaml)",
+          file=sys.stderr)
 
 
 def _part(question: str) -> str:
