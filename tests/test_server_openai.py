@@ -3,7 +3,7 @@
 The server below answers ``GET /v1/models`` and ``POST /v1/completions`` as vLLM does
 (``stop_reason`` included), generating with the tiny model through the transformers backend;
 it can fail its first requests to exercise retries. Run as a script it is a standalone
-server, which ``generation.server_command`` starts in one test.
+server, which ``generation.openai.server_command`` starts in one test.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from selftaught.config import GenerationConfig, ModelConfig
+from selftaught.config import GenerationConfig, ModelConfig, from_dict
 from selftaught.generation import SamplingParams, get_generator
 from selftaught.generation.openai_server import ServerRequestError, ServerUnavailableError
 from selftaught.tasks import get_task
@@ -28,12 +28,12 @@ TASK = get_task("addition", {"digits_min": 1, "digits_max": 2})
 class CompletionsServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, model: str, port: int = 0, fail_first: int = 0, drop_first: int = 0):
+    def __init__(self, model: str, port: int = 0, fail_first: int = 0, drop_first: int = 0, die_after: int = 0):
         super().__init__(("127.0.0.1", port), _Handler)
         self.model = model
         self.generator = get_generator(model, ModelConfig(dtype="float32"), GenerationConfig(batch_size=1))
         self.lock = threading.Lock()  # one generation at a time; requests still overlap in flight
-        self.fail_first, self.drop_first = fail_first, drop_first
+        self.fail_first, self.drop_first, self.die_after = fail_first, drop_first, die_after
         self.requests = self.in_flight = self.max_in_flight = 0
 
     @property
@@ -45,7 +45,8 @@ class CompletionsServer(ThreadingHTTPServer):
         return self
 
     def __exit__(self, *exc):
-        self.shutdown()
+        if not self.die_after:
+            self.shutdown()
         self.server_close()
 
 
@@ -69,6 +70,13 @@ class _Handler(BaseHTTPRequestHandler):
             s.in_flight += 1
             s.max_in_flight = max(s.max_in_flight, s.in_flight)
         try:
+            if s.die_after and n > s.die_after:  # the server goes away mid-stage
+                if n == s.die_after + 1:
+                    threading.Thread(target=s.shutdown, daemon=True).start()
+                    s.socket.close()  # no new connections
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
             if n <= s.drop_first:  # connection closed with no answer
                 self.close_connection = True
                 self.connection.shutdown(2)
@@ -105,8 +113,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def _config(url: str, **kw) -> GenerationConfig:
-    return GenerationConfig(backend="openai", server_url=url, **{"server_retries": 3, **kw})
+def _config(url: str | list[str], **kw) -> GenerationConfig:
+    urls = url if isinstance(url, list) else [url]
+    return from_dict(GenerationConfig, {"backend": "openai", "openai": {"urls": urls, "retries": 3, **kw}})
 
 
 def _prompts(k: int = 6) -> list[str]:
@@ -120,12 +129,23 @@ def test_same_completions_as_the_local_generator(tiny_model):
     local = get_generator(tiny_model, ModelConfig(dtype="float32"), GenerationConfig(batch_size=1))
     expected = local.generate(_prompts(), GREEDY)
     with CompletionsServer(tiny_model) as server:
-        remote = get_generator(tiny_model, ModelConfig(), _config(server.url, server_concurrency=4))
+        remote = get_generator(tiny_model, ModelConfig(), _config(server.url, concurrency=4))
         got = remote.generate(_prompts(), GREEDY)
     assert [(c.text, c.tokens, c.finish, c.stop) for (c,) in got] == \
            [(c.text, c.tokens, c.finish, c.stop) for (c,) in expected]
     assert server.max_in_flight >= 2  # requests really were concurrent
     assert remote.stats.tokens == sum(c.tokens for (c,) in got)
+
+
+def test_requests_spread_over_servers_and_a_stopped_one_leaves_them_to_the_others(tiny_model):
+    local = get_generator(tiny_model, ModelConfig(dtype="float32"), GenerationConfig(batch_size=1))
+    expected = local.generate(_prompts(8), GREEDY)
+    with CompletionsServer(tiny_model, die_after=2) as a, CompletionsServer(tiny_model) as b:
+        g = get_generator(tiny_model, ModelConfig(), _config([a.url, b.url], concurrency=2))
+        got = g.generate(_prompts(8), GREEDY)
+    assert [(c.text, c.tokens) for (c,) in got] == [(c.text, c.tokens) for (c,) in expected]
+    assert g.down == {a.url}  # a stopped mid-stage: dropped, its requests answered by b
+    assert a.requests >= 3 and b.requests >= 8 - 2
 
 
 def test_samples_per_prompt_are_distinct_requests(tiny_model):
@@ -139,7 +159,7 @@ def test_samples_per_prompt_are_distinct_requests(tiny_model):
 
 def test_retries_after_dropped_connections_and_503(tiny_model):
     with CompletionsServer(tiny_model, fail_first=2, drop_first=1) as server:
-        g = get_generator(tiny_model, ModelConfig(), _config(server.url, server_concurrency=1))
+        g = get_generator(tiny_model, ModelConfig(), _config(server.url, concurrency=1))
         got = g.generate(_prompts(2), GREEDY)
     assert server.requests == 2 + 3  # two answers after three failed attempts
     assert all(c.text for (c,) in got)
@@ -147,7 +167,7 @@ def test_retries_after_dropped_connections_and_503(tiny_model):
 
 def test_gives_up_with_a_clear_error_when_failures_persist(tiny_model):
     with CompletionsServer(tiny_model, fail_first=100) as server:
-        g = get_generator(tiny_model, ModelConfig(), _config(server.url, server_retries=2))
+        g = get_generator(tiny_model, ModelConfig(), _config(server.url, retries=2))
         with pytest.raises(ServerUnavailableError, match=r"after 3 attempts \(HTTP 503"):
             g.generate(_prompts(1), GREEDY)
 
@@ -164,7 +184,7 @@ def test_server_down_is_a_clear_error():
     with _closed_port() as port:
         start = time.perf_counter()
         with pytest.raises(ServerUnavailableError, match=rf"127.0.0.1:{port}.*vllm serve"):
-            get_generator("some/model", ModelConfig(), _config(f"http://127.0.0.1:{port}/v1", server_retries=1))
+            get_generator("some/model", ModelConfig(), _config(f"http://127.0.0.1:{port}/v1", retries=1))
         assert time.perf_counter() - start < 5
 
 
@@ -177,7 +197,7 @@ def test_wrong_model_on_the_server_is_refused(tiny_model, random_model):
 def test_server_command_starts_and_stops_a_server_per_model(tiny_model):
     command = f"{sys.executable} {__file__} --model {{model}} --port {{port}}"
     g = get_generator(tiny_model, ModelConfig(), _config("http://127.0.0.1:1/v1", server_command=command,
-                                                          server_timeout=30))
+                                                          timeout=30))
     process = g.process
     assert process.poll() is None and not g.url.endswith(":1/v1")
     (c,), = g.generate(_prompts(1), GREEDY)
@@ -206,7 +226,7 @@ class _closed_port:
         return False
 
 
-if __name__ == "__main__":  # a standalone server, for generation.server_command
+if __name__ == "__main__":  # a standalone server, for generation.openai.server_command
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)

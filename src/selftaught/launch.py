@@ -81,9 +81,18 @@ def check_launch(training: TrainingConfig, processes: int | None = None, key: st
 def check_run(config: RunConfig) -> None:
     """Both stages' launch settings, before any model loads."""
     check_launch(config.training)
-    if config.generation.num_processes > 1:  # started by torchrun, which comes with torch
+    processes = generation_processes(config.generation)
+    if processes > 1:  # started by torchrun, which comes with torch
         check_launch(dataclasses.replace(config.training, accelerate_config=None, launcher="torchrun"),
-                     config.generation.num_processes, "generation.num_processes")
+                     processes, f"generation.{config.generation.backend}.num_processes")
+
+
+def generation_processes(generation: GenerationConfig) -> int:
+    """The processes the configured backend asks to be spread over (its num_processes option)."""
+    try:
+        return getattr(getattr(generation, generation.backend), "num_processes", 1)
+    except AttributeError:  # a backend with no options of its own
+        return 1
 
 
 def fine_tune_on_group(training: TrainingConfig, seed: int, base_model: str, examples: list[TrainExample],
@@ -118,7 +127,7 @@ class ProcessGroupGenerator(Generator):
                 "model": dataclasses.asdict(self.model_config),
                 "generation": dataclasses.asdict(self.config), "params": dataclasses.asdict(params),
                 "prompts": prompts, "seeds": seeds, "desc": desc}
-        processes = min(self.config.num_processes, max(len(prompts), 1))
+        processes = min(generation_processes(self.config), max(len(prompts), 1))
         result = run_group(self.training, processes, spec, self.folder, "generate", self.run_root,
                            distributed=False)
         stats = GenerationStats(**result["stats"])
