@@ -13,6 +13,7 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -35,6 +36,8 @@ class CompletionsServer(ThreadingHTTPServer):
         self.lock = threading.Lock()  # one generation at a time; requests still overlap in flight
         self.fail_first, self.drop_first, self.die_after = fail_first, drop_first, die_after
         self.requests = self.in_flight = self.max_in_flight = 0
+        self.adapters: dict[str, object] = {}  # vLLM's dynamic LoRA loading, when lora=True
+        self.lora = False
 
     @property
     def url(self) -> str:
@@ -59,11 +62,21 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path != "/v1/models":
             return self._send(404, {"error": {"message": f"no route {self.path}"}})
-        self._send(200, {"object": "list", "data": [{"id": self.server.model, "object": "model"}]})
+        names = [self.server.model, *self.server.adapters]
+        self._send(200, {"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
 
     def do_POST(self):
         s = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+            if not s.lora:  # as vLLM without VLLM_ALLOW_RUNTIME_LORA_UPDATING
+                return self._send(404, {"detail": "Not Found"})
+            if self.path.startswith("/v1/unload"):
+                s.adapters.pop(body["lora_name"], None)
+            else:  # the adapter merged into its base, as vLLM applies it
+                s.adapters[body["lora_name"]] = get_generator(body["lora_path"], ModelConfig(dtype="float32"),
+                                                              GenerationConfig(batch_size=1))
+            return self._send(200, {})
         with s.lock:
             s.requests += 1
             n = s.requests
@@ -83,7 +96,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if n <= s.drop_first + s.fail_first:
                 return self._send(503, {"error": {"message": "server busy, retry"}})
-            if self.path != "/v1/completions" or body.get("model") != s.model:
+            generator = s.adapters.get(body.get("model"), s.generator if body.get("model") == s.model else None)
+            if self.path != "/v1/completions" or generator is None:
                 return self._send(404, {"error": {"message": f"model {body.get('model')!r} does not exist"}})
             if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] <= 0:
                 return self._send(400, {"error": {"message": "max_tokens must be a positive integer"}})
@@ -92,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
                                     top_p=body.get("top_p", 1.0), stop=tuple(body.get("stop") or ()),
                                     seed=body.get("seed") or 0)
             with s.lock:
-                (c,), = s.generator.generate([body["prompt"]], params)
+                (c,), = generator.generate([body["prompt"]], params)
             finish = "length" if c.finish == "length" else "stop"
             self._send(200, {
                 "id": f"cmpl-{n}", "object": "text_completion", "created": int(time.time()), "model": s.model,
@@ -146,6 +160,49 @@ def test_requests_spread_over_servers_and_a_stopped_one_leaves_them_to_the_other
     assert [(c.text, c.tokens) for (c,) in got] == [(c.text, c.tokens) for (c,) in expected]
     assert g.down == {a.url}  # a stopped mid-stage: dropped, its requests answered by b
     assert a.requests >= 3 and b.requests >= 8 - 2
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model, tmp_path_factory) -> str:
+    """A LoRA checkpoint as the trainer writes it (adapter only), trained to differ from its base."""
+    from selftaught.config import TrainingConfig
+    from selftaught.training import TrainExample, get_trainer
+
+    out = tmp_path_factory.mktemp("lora") / "checkpoint"
+    examples = [TrainExample(p, " 1 + 1 = 2. The answer is 2.\n\n") for p in _prompts(4)]
+    get_trainer(TrainingConfig(method="lora", lora_r=4, learning_rate=5e-2, warmup_steps=1, batch_size=4,
+                               micro_batch_size=4, bf16=False)).train(tiny_model, examples, 6, out)
+    return str(out)
+
+
+def test_lora_adapter_is_loaded_into_a_running_server(tiny_model, adapter):
+    expected = get_generator(adapter, ModelConfig(dtype="float32"), GenerationConfig(batch_size=1)).generate(
+        _prompts(3), GREEDY)
+    with CompletionsServer(tiny_model) as server:
+        server.lora = True
+        g = get_generator(adapter, ModelConfig(), _config(server.url))
+        assert g.served in server.adapters  # requests name the adapter the server loaded
+        got = g.generate(_prompts(3), GREEDY)
+        g.close()
+        assert not server.adapters  # unloaded after the stage
+    assert [c.text for (c,) in got] == [c.text for (c,) in expected]
+    with CompletionsServer(tiny_model) as server:  # a server that cannot load adapters
+        with pytest.raises(ServerUnavailableError, match="--enable-lora.*server_command"):
+            get_generator(adapter, ModelConfig(), _config(server.url))
+
+
+def test_servers_started_for_a_lora_checkpoint_serve_it_merged(tiny_model, adapter):
+    command = f"{sys.executable} {__file__} --model {{model}} --port {{port}}"
+    g = get_generator(adapter, ModelConfig(), _config("http://127.0.0.1:1/v1", server_command=command,
+                                                      timeout=30, servers=2))
+    try:
+        assert g.served == adapter + "-merged" and len(g.urls) == len(g.processes) == 2
+        assert (Path(g.served) / "config.json").is_file() and not (Path(g.served) / "adapter_config.json").exists()
+        expected = get_generator(adapter, ModelConfig(dtype="float32"), GenerationConfig(batch_size=1))
+        assert [c.text for (c,) in g.generate(_prompts(2), GREEDY)] == \
+               [c.text for (c,) in expected.generate(_prompts(2), GREEDY)]
+    finally:
+        g.close()
 
 
 def test_samples_per_prompt_are_distinct_requests(tiny_model):

@@ -125,7 +125,7 @@ class ProcessGroupGenerator(Generator):
                  seeds: list[int] | None = None) -> list[list[Completion]]:
         spec = {"stage": "generate", "model_path": self.model_path,
                 "model": dataclasses.asdict(self.model_config),
-                "generation": dataclasses.asdict(self.config), "params": dataclasses.asdict(params),
+                "generation": _as_written(self.config), "params": dataclasses.asdict(params),
                 "prompts": prompts, "seeds": seeds, "desc": desc}
         processes = min(generation_processes(self.config), max(len(prompts), 1))
         result = run_group(self.training, processes, spec, self.folder, "generate", self.run_root,
@@ -135,6 +135,13 @@ class ProcessGroupGenerator(Generator):
         self.stats.tokens += stats.tokens
         self.stats.prompts += len(prompts)
         return [[Completion(**c) for c in r] for r in result["completions"]]
+
+
+def _as_written(generation: GenerationConfig) -> dict[str, Any]:
+    """The config section as a YAML file spells it: backend sections nested under their names."""
+    data = dataclasses.asdict(generation)
+    data.update(data.pop("backend_options"))
+    return data
 
 
 def read_accelerate_config(path: str) -> dict[str, Any]:
