@@ -3,7 +3,7 @@
 The server below answers ``GET /v1/models`` and ``POST /v1/completions`` as vLLM does
 (``stop_reason`` included), generating with the tiny model through the transformers backend;
 it can fail its first requests to exercise retries. Run as a script it is a standalone
-server, which ``generation.server_command`` starts in one test.
+server, which ``generation.openai.server_command`` starts in one test.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from selftaught.config import GenerationConfig, ModelConfig
+from selftaught.config import GenerationConfig, ModelConfig, from_dict
 from selftaught.generation import SamplingParams, get_generator
 from selftaught.generation.openai_server import ServerRequestError, ServerUnavailableError
 from selftaught.tasks import get_task
@@ -28,13 +29,15 @@ TASK = get_task("addition", {"digits_min": 1, "digits_max": 2})
 class CompletionsServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, model: str, port: int = 0, fail_first: int = 0, drop_first: int = 0):
+    def __init__(self, model: str, port: int = 0, fail_first: int = 0, drop_first: int = 0, die_after: int = 0):
         super().__init__(("127.0.0.1", port), _Handler)
         self.model = model
         self.generator = get_generator(model, ModelConfig(dtype="float32"), GenerationConfig(batch_size=1))
         self.lock = threading.Lock()  # one generation at a time; requests still overlap in flight
-        self.fail_first, self.drop_first = fail_first, drop_first
+        self.fail_first, self.drop_first, self.die_after = fail_first, drop_first, die_after
         self.requests = self.in_flight = self.max_in_flight = 0
+        self.adapters: dict[str, object] = {}  # vLLM's dynamic LoRA loading, when lora=True
+        self.lora = False
 
     @property
     def url(self) -> str:
@@ -45,7 +48,8 @@ class CompletionsServer(ThreadingHTTPServer):
         return self
 
     def __exit__(self, *exc):
-        self.shutdown()
+        if not self.die_after:
+            self.shutdown()
         self.server_close()
 
 
@@ -58,24 +62,42 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path != "/v1/models":
             return self._send(404, {"error": {"message": f"no route {self.path}"}})
-        self._send(200, {"object": "list", "data": [{"id": self.server.model, "object": "model"}]})
+        names = [self.server.model, *self.server.adapters]
+        self._send(200, {"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
 
     def do_POST(self):
         s = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+            if not s.lora:  # as vLLM without VLLM_ALLOW_RUNTIME_LORA_UPDATING
+                return self._send(404, {"detail": "Not Found"})
+            if self.path.startswith("/v1/unload"):
+                s.adapters.pop(body["lora_name"], None)
+            else:  # the adapter merged into its base, as vLLM applies it
+                s.adapters[body["lora_name"]] = get_generator(body["lora_path"], ModelConfig(dtype="float32"),
+                                                              GenerationConfig(batch_size=1))
+            return self._send(200, {})
         with s.lock:
             s.requests += 1
             n = s.requests
             s.in_flight += 1
             s.max_in_flight = max(s.max_in_flight, s.in_flight)
         try:
+            if s.die_after and n > s.die_after:  # the server goes away mid-stage
+                if n == s.die_after + 1:
+                    threading.Thread(target=s.shutdown, daemon=True).start()
+                    s.socket.close()  # no new connections
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
             if n <= s.drop_first:  # connection closed with no answer
                 self.close_connection = True
                 self.connection.shutdown(2)
                 return
             if n <= s.drop_first + s.fail_first:
                 return self._send(503, {"error": {"message": "server busy, retry"}})
-            if self.path != "/v1/completions" or body.get("model") != s.model:
+            generator = s.adapters.get(body.get("model"), s.generator if body.get("model") == s.model else None)
+            if self.path != "/v1/completions" or generator is None:
                 return self._send(404, {"error": {"message": f"model {body.get('model')!r} does not exist"}})
             if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] <= 0:
                 return self._send(400, {"error": {"message": "max_tokens must be a positive integer"}})
@@ -84,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
                                     top_p=body.get("top_p", 1.0), stop=tuple(body.get("stop") or ()),
                                     seed=body.get("seed") or 0)
             with s.lock:
-                (c,), = s.generator.generate([body["prompt"]], params)
+                (c,), = generator.generate([body["prompt"]], params)
             finish = "length" if c.finish == "length" else "stop"
             self._send(200, {
                 "id": f"cmpl-{n}", "object": "text_completion", "created": int(time.time()), "model": s.model,
@@ -105,8 +127,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def _config(url: str, **kw) -> GenerationConfig:
-    return GenerationConfig(backend="openai", server_url=url, **{"server_retries": 3, **kw})
+def _config(url: str | list[str], **kw) -> GenerationConfig:
+    urls = url if isinstance(url, list) else [url]
+    return from_dict(GenerationConfig, {"backend": "openai", "openai": {"urls": urls, "retries": 3, **kw}})
 
 
 def _prompts(k: int = 6) -> list[str]:
@@ -120,12 +143,66 @@ def test_same_completions_as_the_local_generator(tiny_model):
     local = get_generator(tiny_model, ModelConfig(dtype="float32"), GenerationConfig(batch_size=1))
     expected = local.generate(_prompts(), GREEDY)
     with CompletionsServer(tiny_model) as server:
-        remote = get_generator(tiny_model, ModelConfig(), _config(server.url, server_concurrency=4))
+        remote = get_generator(tiny_model, ModelConfig(), _config(server.url, concurrency=4))
         got = remote.generate(_prompts(), GREEDY)
     assert [(c.text, c.tokens, c.finish, c.stop) for (c,) in got] == \
            [(c.text, c.tokens, c.finish, c.stop) for (c,) in expected]
     assert server.max_in_flight >= 2  # requests really were concurrent
     assert remote.stats.tokens == sum(c.tokens for (c,) in got)
+
+
+def test_requests_spread_over_servers_and_a_stopped_one_leaves_them_to_the_others(tiny_model):
+    local = get_generator(tiny_model, ModelConfig(dtype="float32"), GenerationConfig(batch_size=1))
+    expected = local.generate(_prompts(8), GREEDY)
+    with CompletionsServer(tiny_model, die_after=2) as a, CompletionsServer(tiny_model) as b:
+        g = get_generator(tiny_model, ModelConfig(), _config([a.url, b.url], concurrency=2))
+        got = g.generate(_prompts(8), GREEDY)
+    assert [(c.text, c.tokens) for (c,) in got] == [(c.text, c.tokens) for (c,) in expected]
+    assert g.down == {a.url}  # a stopped mid-stage: dropped, its requests answered by b
+    assert a.requests >= 3 and b.requests >= 8 - 2
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model, tmp_path_factory) -> str:
+    """A LoRA checkpoint as the trainer writes it (adapter only), trained to differ from its base."""
+    from selftaught.config import TrainingConfig
+    from selftaught.training import TrainExample, get_trainer
+
+    out = tmp_path_factory.mktemp("lora") / "checkpoint"
+    examples = [TrainExample(p, " 1 + 1 = 2. The answer is 2.\n\n") for p in _prompts(4)]
+    get_trainer(TrainingConfig(method="lora", lora_r=4, learning_rate=5e-2, warmup_steps=1, batch_size=4,
+                               micro_batch_size=4, bf16=False)).train(tiny_model, examples, 6, out)
+    return str(out)
+
+
+def test_lora_adapter_is_loaded_into_a_running_server(tiny_model, adapter):
+    expected = get_generator(adapter, ModelConfig(dtype="float32"), GenerationConfig(batch_size=1)).generate(
+        _prompts(3), GREEDY)
+    with CompletionsServer(tiny_model) as server:
+        server.lora = True
+        g = get_generator(adapter, ModelConfig(), _config(server.url))
+        assert g.served in server.adapters  # requests name the adapter the server loaded
+        got = g.generate(_prompts(3), GREEDY)
+        g.close()
+        assert not server.adapters  # unloaded after the stage
+    assert [c.text for (c,) in got] == [c.text for (c,) in expected]
+    with CompletionsServer(tiny_model) as server:  # a server that cannot load adapters
+        with pytest.raises(ServerUnavailableError, match="--enable-lora.*server_command"):
+            get_generator(adapter, ModelConfig(), _config(server.url))
+
+
+def test_servers_started_for_a_lora_checkpoint_serve_it_merged(tiny_model, adapter):
+    command = f"{sys.executable} {__file__} --model {{model}} --port {{port}}"
+    g = get_generator(adapter, ModelConfig(), _config("http://127.0.0.1:1/v1", server_command=command,
+                                                      timeout=30, servers=2))
+    try:
+        assert g.served == adapter + "-merged" and len(g.urls) == len(g.processes) == 2
+        assert (Path(g.served) / "config.json").is_file() and not (Path(g.served) / "adapter_config.json").exists()
+        expected = get_generator(adapter, ModelConfig(dtype="float32"), GenerationConfig(batch_size=1))
+        assert [c.text for (c,) in g.generate(_prompts(2), GREEDY)] == \
+               [c.text for (c,) in expected.generate(_prompts(2), GREEDY)]
+    finally:
+        g.close()
 
 
 def test_samples_per_prompt_are_distinct_requests(tiny_model):
@@ -139,7 +216,7 @@ def test_samples_per_prompt_are_distinct_requests(tiny_model):
 
 def test_retries_after_dropped_connections_and_503(tiny_model):
     with CompletionsServer(tiny_model, fail_first=2, drop_first=1) as server:
-        g = get_generator(tiny_model, ModelConfig(), _config(server.url, server_concurrency=1))
+        g = get_generator(tiny_model, ModelConfig(), _config(server.url, concurrency=1))
         got = g.generate(_prompts(2), GREEDY)
     assert server.requests == 2 + 3  # two answers after three failed attempts
     assert all(c.text for (c,) in got)
@@ -147,7 +224,7 @@ def test_retries_after_dropped_connections_and_503(tiny_model):
 
 def test_gives_up_with_a_clear_error_when_failures_persist(tiny_model):
     with CompletionsServer(tiny_model, fail_first=100) as server:
-        g = get_generator(tiny_model, ModelConfig(), _config(server.url, server_retries=2))
+        g = get_generator(tiny_model, ModelConfig(), _config(server.url, retries=2))
         with pytest.raises(ServerUnavailableError, match=r"after 3 attempts \(HTTP 503"):
             g.generate(_prompts(1), GREEDY)
 
@@ -164,7 +241,7 @@ def test_server_down_is_a_clear_error():
     with _closed_port() as port:
         start = time.perf_counter()
         with pytest.raises(ServerUnavailableError, match=rf"127.0.0.1:{port}.*vllm serve"):
-            get_generator("some/model", ModelConfig(), _config(f"http://127.0.0.1:{port}/v1", server_retries=1))
+            get_generator("some/model", ModelConfig(), _config(f"http://127.0.0.1:{port}/v1", retries=1))
         assert time.perf_counter() - start < 5
 
 
@@ -177,7 +254,7 @@ def test_wrong_model_on_the_server_is_refused(tiny_model, random_model):
 def test_server_command_starts_and_stops_a_server_per_model(tiny_model):
     command = f"{sys.executable} {__file__} --model {{model}} --port {{port}}"
     g = get_generator(tiny_model, ModelConfig(), _config("http://127.0.0.1:1/v1", server_command=command,
-                                                          server_timeout=30))
+                                                          timeout=30))
     process = g.process
     assert process.poll() is None and not g.url.endswith(":1/v1")
     (c,), = g.generate(_prompts(1), GREEDY)
@@ -206,7 +283,7 @@ class _closed_port:
         return False
 
 
-if __name__ == "__main__":  # a standalone server, for generation.server_command
+if __name__ == "__main__":  # a standalone server, for generation.openai.server_command
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)

@@ -19,8 +19,45 @@ class ConfigError(ValueError):
     """A config that cannot run; the message says which key and what to do."""
 
 
-def _help(text: str, **kw: Any) -> Any:
-    return field(metadata={"help": text}, **kw)
+def _help(text: str, sections: str | None = None, **kw: Any) -> Any:
+    return field(metadata={"help": text, "sections": sections}, **kw)
+
+
+# A backend's own options: a dataclass declared and validated in the backend's file and
+# registered here under the package that holds the backend, so that it is a nested section of
+# the config (generation.vllm.tensor_parallel_size=2) with no edit to this file.
+_SECTIONS: dict[str, dict[str, type]] = {}
+
+
+def register_options(package: str, backend: str, options: type) -> None:
+    _SECTIONS.setdefault(package, {})[backend] = options
+
+
+def backend_sections(package: str) -> dict[str, type]:
+    """The registered option dataclasses of ``package``'s backends (importing it registers them)."""
+    import importlib
+
+    importlib.import_module(package)
+    return dict(_SECTIONS.get(package, {}))
+
+
+option = _help  # for backends' option dataclasses
+
+
+class _BackendSections:
+    """``config.<backend>``: that backend's options, its defaults where the config gave none."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "backend_options":
+            raise AttributeError(name)
+        given = self.__dict__.get("backend_options", {})
+        if name in given:
+            return given[name]
+        package = next(f.metadata["sections"] for f in dataclasses.fields(self) if f.metadata.get("sections"))
+        sections = backend_sections(package)
+        if name in sections:
+            return given.setdefault(name, sections[name]())
+        raise AttributeError(f"{type(self).__name__} has no attribute or backend section {name!r}")
 
 
 @dataclass
@@ -104,7 +141,7 @@ class LoopConfig:
 
 
 @dataclass
-class GenerationConfig:
+class GenerationConfig(_BackendSections):
     backend: str = _help("Generator backend; see selftaught.generation.", default="transformers")
     batch_size: int = _help("Prompts decoded together.", default=64)
     max_new_tokens: int = _help("Longest rationale + answer, in tokens.", default=64)
@@ -116,52 +153,13 @@ class GenerationConfig:
     stop: list[str] | None = _help(
         "Stop strings ending a completion (None: the task's own).", default=None
     )
-    server_url: str = _help(
-        "backend=openai: base URL of an OpenAI-compatible completions server (vLLM, SGLang, "
-        "llama.cpp server), up to and including /v1.",
-        default="http://127.0.0.1:8000/v1",
-    )
-    server_command: str | None = _help(
-        "backend=openai: command that starts a server for a checkpoint, with {model} and {port} "
-        "filled in, e.g. 'vllm serve {model} --port {port}'; selftaught starts it for every "
-        "iteration's model and stops it after. None: use the server already at server_url, "
-        "which must serve the model being generated with.",
-        default=None,
-    )
-    server_concurrency: int = _help(
-        "backend=openai: requests in flight at once (the server batches them).", default=32
-    )
-    server_retries: int = _help(
-        "backend=openai: retries of a request after a connection error, time-out, 429 or 5xx.",
-        default=4,
-    )
-    server_timeout: float = _help(
-        "backend=openai: seconds to wait for one completion (and for a started server to come up, x10).",
-        default=120.0,
-    )
-    vllm_gpu_memory_utilization: float = _help(
-        "backend=vllm: fraction of GPU memory vLLM may take (freed before each fine-tune).",
-        default=0.85,
-    )
-    num_processes: int = _help(
-        "Processes generation is spread over (backend=transformers: one GPU each, or CPU "
-        "processes): each decodes a contiguous share of a stage's prompts, gathered back in "
-        "order; started by training.launcher.",
-        default=1,
+    backend_options: dict[str, Any] = _help(
+        "One section per backend (generation.<backend>.<key>), declared in that backend's file.",
+        default_factory=dict, sections="selftaught.generation",
     )
 
     def __post_init__(self) -> None:
         _positive("generation.batch_size", self.batch_size)
-        _positive("generation.num_processes", self.num_processes)
-        _positive("generation.server_concurrency", self.server_concurrency)
-        _non_negative("generation.server_retries", self.server_retries)
-        if not self.server_timeout > 0:
-            raise ConfigError(f"generation.server_timeout must be > 0 seconds, got {self.server_timeout}")
-        if not self.server_url.startswith(("http://", "https://")):
-            raise ConfigError(f"generation.server_url must start with http:// or https://, got {self.server_url!r}")
-        if not 0 < self.vllm_gpu_memory_utilization <= 1:
-            raise ConfigError("generation.vllm_gpu_memory_utilization must be in (0, 1], got "
-                              f"{self.vllm_gpu_memory_utilization}")
         _positive("generation.max_new_tokens", self.max_new_tokens)
         _positive("generation.samples_per_question", self.samples_per_question)
         if self.temperature < 0:
@@ -243,7 +241,7 @@ class TrainingConfig:
         _choice("training.method", self.method, ("full", "lora"))
         _positive("training.num_processes", self.num_processes)
         _choice("training.launcher", self.launcher, ("accelerate", "torchrun"))
-        if self.batch_size % (self.micro_batch_size * self.num_processes):
+        if self.num_processes > 1 and self.batch_size % (self.micro_batch_size * self.num_processes):
             raise ConfigError(
                 f"training.batch_size ({self.batch_size}) must equal training.micro_batch_size "
                 f"({self.micro_batch_size}) x training.num_processes ({self.num_processes}) x "
@@ -307,6 +305,16 @@ class EvalConfig:
             )
 
 
+# Keys that moved into a backend's section: an old config gets one line saying where.
+MOVED = {
+    "generation.server_url": "generation.openai.urls (a list)",
+    "generation.server_command": "generation.openai.server_command",
+    "generation.server_concurrency": "generation.openai.concurrency",
+    "generation.server_retries": "generation.openai.retries",
+    "generation.server_timeout": "generation.openai.timeout",
+    "generation.vllm_gpu_memory_utilization": "generation.vllm.gpu_memory_utilization",
+}
+
 METHODS = ("star", "direct_finetune")
 TRACKERS = ("tensorboard", "wandb")
 
@@ -357,7 +365,11 @@ class RunConfig:
         return self.training.direct_steps or self.training.steps(self.loop.iterations)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for section in data.values():  # backend sections sit in their section, as written
+            if isinstance(section, dict) and "backend_options" in section:
+                section.update(section.pop("backend_options"))
+        return data
 
 
 def load_config(
@@ -388,7 +400,18 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    data = dict(data)
+    for f in dataclasses.fields(cls):  # backend sections: generation.<backend>.<key>
+        if f.metadata.get("sections"):
+            sections = backend_sections(f.metadata["sections"])
+            given = {name: data.pop(name) for name in list(data) if name in sections}
+            data[f.name] = {name: from_dict(options, given.get(name) or {}, f"{prefix}{name}.")
+                            for name, options in sections.items()}
+            names |= set(sections)
     unknown = sorted(set(data) - names)
+    moved = [k for k in unknown if prefix + k in MOVED]
+    if moved:
+        raise ConfigError(f"{prefix}{moved[0]} is now {MOVED[prefix + moved[0]]}")
     if unknown:
         raise ConfigError(
             f"unknown config key {prefix}{unknown[0]}; valid keys here: "
@@ -396,7 +419,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         )
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _coerce(hints[name], value, prefix + name)
+        kwargs[name] = value if name == "backend_options" else _coerce(hints[name], value, prefix + name)
     try:
         return cls(**kwargs)
     except TypeError as e:  # pragma: no cover - dataclass signature mismatch
@@ -492,6 +515,10 @@ def describe(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, st
     """(key, default, help) for every option: the CLI's documentation."""
     rows = []
     for f in dataclasses.fields(cls):
+        if f.metadata.get("sections"):
+            for name, options in sorted(backend_sections(f.metadata["sections"]).items()):
+                rows += describe(options, f"{prefix}{name}.")
+            continue
         hint = typing.get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(hint):
             rows += describe(hint, prefix + f.name + ".")

@@ -81,9 +81,18 @@ def check_launch(training: TrainingConfig, processes: int | None = None, key: st
 def check_run(config: RunConfig) -> None:
     """Both stages' launch settings, before any model loads."""
     check_launch(config.training)
-    if config.generation.num_processes > 1:  # started by torchrun, which comes with torch
+    processes = generation_processes(config.generation)
+    if processes > 1:  # started by torchrun, which comes with torch
         check_launch(dataclasses.replace(config.training, accelerate_config=None, launcher="torchrun"),
-                     config.generation.num_processes, "generation.num_processes")
+                     processes, f"generation.{config.generation.backend}.num_processes")
+
+
+def generation_processes(generation: GenerationConfig) -> int:
+    """The processes the configured backend asks to be spread over (its num_processes option)."""
+    try:
+        return getattr(getattr(generation, generation.backend), "num_processes", 1)
+    except AttributeError:  # a backend with no options of its own
+        return 1
 
 
 def fine_tune_on_group(training: TrainingConfig, seed: int, base_model: str, examples: list[TrainExample],
@@ -116,9 +125,9 @@ class ProcessGroupGenerator(Generator):
                  seeds: list[int] | None = None) -> list[list[Completion]]:
         spec = {"stage": "generate", "model_path": self.model_path,
                 "model": dataclasses.asdict(self.model_config),
-                "generation": dataclasses.asdict(self.config), "params": dataclasses.asdict(params),
+                "generation": _as_written(self.config), "params": dataclasses.asdict(params),
                 "prompts": prompts, "seeds": seeds, "desc": desc}
-        processes = min(self.config.num_processes, max(len(prompts), 1))
+        processes = min(generation_processes(self.config), max(len(prompts), 1))
         result = run_group(self.training, processes, spec, self.folder, "generate", self.run_root,
                            distributed=False)
         stats = GenerationStats(**result["stats"])
@@ -126,6 +135,13 @@ class ProcessGroupGenerator(Generator):
         self.stats.tokens += stats.tokens
         self.stats.prompts += len(prompts)
         return [[Completion(**c) for c in r] for r in result["completions"]]
+
+
+def _as_written(generation: GenerationConfig) -> dict[str, Any]:
+    """The config section as a YAML file spells it: backend sections nested under their names."""
+    data = dataclasses.asdict(generation)
+    data.update(data.pop("backend_options"))
+    return data
 
 
 def read_accelerate_config(path: str) -> dict[str, Any]:

@@ -237,10 +237,10 @@ class Stages:
                                   out, self.store.root)
 
     def _new_generator(self, model: str) -> Generator:
-        if self.config.generation.num_processes == 1:
-            return get_generator(model, self.config.model, self.config.generation)
-        from selftaught.launch import ProcessGroupGenerator
+        from selftaught.launch import ProcessGroupGenerator, generation_processes
 
+        if generation_processes(self.config.generation) == 1:
+            return get_generator(model, self.config.model, self.config.generation)
         return ProcessGroupGenerator(model, self.config.model, self.config.generation,
                                      self.config.training, self.store.root / "processes", self.store.root)
 

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from selftaught.config import ConfigError, GenerationConfig, ModelConfig
+from selftaught.config import ConfigError, GenerationConfig, ModelConfig, register_options
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Generator(ABC):
     """Turns prompts into ``SamplingParams.n`` completions each, in prompt order."""
 
     name: ClassVar[str]
+    Options: ClassVar[type | None] = None  # this backend's own config section, if it has one
 
     def __init__(self, model_path: str, model: ModelConfig, config: GenerationConfig):
         self.model_path = model_path
@@ -93,7 +94,10 @@ _REGISTRY: dict[str, type[Generator]] = {}
 
 
 def register(cls: type[Generator]) -> type[Generator]:
+    """Make ``cls`` a backend; its ``Options`` dataclass, if any, is the generation.<name> section."""
     _REGISTRY[cls.name] = cls
+    if getattr(cls, "Options", None) is not None:
+        register_options("selftaught.generation", cls.name, cls.Options)
     return cls
 
 

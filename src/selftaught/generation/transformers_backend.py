@@ -15,7 +15,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, DynamicCache
 
-from selftaught.config import GenerationConfig, ModelConfig
+from dataclasses import dataclass
+
+from selftaught.config import ConfigError, GenerationConfig, ModelConfig, option
 from selftaught.generation.shared_prefix import (ATTENTION, SuffixCache, cache_kwarg, encode_prefix,
                                                 supports_shared_prefix)
 from selftaught.models import load_causal_lm
@@ -50,9 +52,23 @@ def pick_dtype(name: str, device: str) -> torch.dtype:
     return torch.float32
 
 
+@dataclass
+class TransformersOptions:
+    num_processes: int = option(
+        "Processes a stage's prompts are spread over (one GPU each, or CPU processes), each "
+        "decoding a contiguous share, gathered back in order; started with torchrun.",
+        default=1,
+    )
+
+    def __post_init__(self) -> None:
+        if self.num_processes < 1:
+            raise ConfigError(f"generation.transformers.num_processes must be >= 1, got {self.num_processes}")
+
+
 @register
 class TransformersGenerator(Generator):
     name = "transformers"
+    Options = TransformersOptions
 
     def __init__(self, model_path: str, model: ModelConfig, config: GenerationConfig):
         super().__init__(model_path, model, config)

@@ -87,6 +87,9 @@ class TransformersTrainer(Trainer):
         master = _MasterWeights(model, params) if bf16 and world == 1 else None
         # Adam without weight decay, constant lr after linear warm-up (App. H).
         optimizer = _adamw(master.params if master else params, cfg.learning_rate)
+        if accelerator.state.deepspeed_plugin is not None:
+            # DeepSpeed reads the micro-batch from a prepared DataLoader; ours is the sampler below.
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
         loss_model, optimizer = accelerator.prepare(_LossModel(model), optimizer)
         warmup = max(cfg.warmup_steps, 1)
         # Not prepared: accelerate would step a prepared scheduler once per process.
