@@ -154,7 +154,7 @@ class Stages:
 
         def compute(chunk: list[Example]) -> list[dict]:
             nonlocal tokens
-            prompts = [self.task.prompt(e, hint, direct=self.direct) for e in chunk]
+            prompts = [self._prompt(n, stage, e, hint) for e in chunk]
             # One seed per (run seed, iteration, stage, question); the generator derives one per sample.
             seeds = [derive_seed(self.config.seed, n, stage, e.id) for e in chunk]
             outputs = self._generator_for(model).generate(prompts, params, desc=f"iteration {n} {stage}",
@@ -179,6 +179,13 @@ class Stages:
         self.store.record_stage(n, stage, seconds=seconds, tokens=tokens,
                                 tokens_per_second=tokens / seconds if seconds else 0.0)
         return records
+
+    def _prompt(self, n: int, stage: str, example: Example, hint: bool) -> str:
+        """The few-shot prompt, except for a fine-tuned model with loop.fewshot_for_finetuned off."""
+        finetuned = n >= (1 if stage in ("eval", "validation") else 2)  # iteration n generates with M_{n-1}
+        if finetuned and not self.config.loop.fewshot_for_finetuned:
+            return self.task.format_question(example, hint)
+        return self.task.prompt(example, hint, direct=self.direct)
 
     def _training_prompt(self, example: Example) -> str:
         if self.config.training.keep_fewshot_prompt:
