@@ -6,9 +6,10 @@ In one run, on the model and task of configs/default.yaml:
 
 (a) generation: useful generated tokens/s (up to the stop string) of selftaught's generator
     against plain ``model.generate`` on the same few-shot prompts, at batch 1 and at the same
-    batch size, both greedy and stopped by the task's stop strings;
+    batch size, both greedy and stopped by the task's stop strings, in the same dtype on the
+    same device;
 (b) fine-tuning: tokens/s and model FLOP utilisation (6·N·tokens/s over a matmul peak measured
-    here, in the training precision) of selftaught's trainer against a plain transformers
+    here, in the training precision, on the device that trains) of selftaught's trainer against a plain transformers
     ``Trainer`` with the same 8 sequences a step, the same precision (bf16 mixed precision where
     the processor has bf16 matmuls, else fp32) and completion-only labels;
 (c) one STaR iteration (generate, rationalize, filter, fine-tune from M, evaluate) against a
@@ -39,6 +40,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSe
 
 from selftaught.config import load_config
 from selftaught.generation import SamplingParams, get_generator
+from selftaught.generation.transformers_backend import pick_device, pick_dtype
 from selftaught.models import resolve_base_model
 from selftaught.stages import Stages
 from selftaught.store import RunStore
@@ -68,7 +70,7 @@ def plain_generate(model, tokenizer, prompts: list[str], batch_size: int, max_ne
     texts = []
     for b in range(0, len(prompts), batch_size):
         enc = tokenizer(prompts[b : b + batch_size], return_tensors="pt", padding=True,
-                        add_special_tokens=False)
+                        add_special_tokens=False).to(model.device)
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              stop_strings=list(stop), tokenizer=tokenizer,
                              pad_token_id=tokenizer.pad_token_id)
@@ -85,11 +87,16 @@ def cut(text: str, stop: tuple[str, ...]) -> tuple[str, str | None]:
     return text[:at], s
 
 
-def load_plain(path: str):
+def load_plain(path: str, dtype_name: str = "auto"):
+    """The plain baseline's model, in the same dtype and on the same device as selftaught's
+    generator picks for ``model.dtype`` (bf16 on a GPU, fp32 on a CPU for "auto"): a baseline in
+    fp32 against our bf16 would measure the precision, not the code."""
+    device = pick_device()
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), tokenizer
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype_name, device))
+    return model.to(device).eval(), tokenizer
 
 
 class _CountingCollator(DataCollatorForSeq2Seq):
@@ -141,7 +148,7 @@ def plain_iteration(base: str, task: Task, train: list[Example], held_out: list[
     times: dict[str, float] = {}
     timed = _timer(times)
 
-    model, tokenizer = timed("load", lambda: load_plain(base))
+    model, tokenizer = timed("load", lambda: load_plain(base, config.model.dtype))
     outs = timed("generate", lambda: plain_generate(
         model, tokenizer, [task.prompt(e) for e in train], g.batch_size, g.max_new_tokens, stop))
     solved = {e.id: o for e, o in zip(train, outs) if task.is_correct(task.extract_answer(o, e), e)}
@@ -160,7 +167,7 @@ def plain_iteration(base: str, task: Task, train: list[Example], held_out: list[
         work / "plain-checkpoint"))
 
     def evaluate():
-        model, tokenizer = load_plain(str(work / "plain-checkpoint"))
+        model, tokenizer = load_plain(str(work / "plain-checkpoint"), config.model.dtype)
         return plain_generate(model, tokenizer, [task.prompt(e) for e in held_out], g.batch_size,
                               g.max_new_tokens, stop)
 
@@ -220,7 +227,9 @@ def bench_generation(base, task, examples, config, batch1_prompts: int) -> tuple
     ours_s = time.perf_counter() - start
     generator.close()
 
-    model, plain_tok = load_plain(base)
+    model, plain_tok = load_plain(base, config.model.dtype)
+    if hasattr(generator, "dtype"):  # the transformers backend: same dtype, same device
+        assert (model.dtype, model.device.type) == (generator.dtype, torch.device(generator.device).type)
     plain_generate(model, plain_tok, prompts[:2], 2, 4, stop)  # warm-up
     start = time.perf_counter()
     plain = plain_generate(model, plain_tok, prompts, g.batch_size, g.max_new_tokens, stop)
@@ -252,7 +261,8 @@ def bench_generation(base, task, examples, config, batch1_prompts: int) -> tuple
 
 def bench_training(base, examples: list[TrainExample], config, steps: int, work: Path, label: str) -> list[Row]:
     t = config.training
-    peak = matmul_peak_tflops(torch.bfloat16 if _bf16() else torch.float32)
+    # The peak of the device that trains (a GPU's own when training on a GPU, never the CPU's).
+    peak = matmul_peak_tflops(torch.bfloat16 if _bf16() else torch.float32, pick_device())
     result = get_trainer(t, config.seed).train(base, examples, steps, work / "ours")
     n = result.extra["parameters"]
     ours_tps = result.tokens / result.seconds
@@ -270,7 +280,8 @@ def bench_training(base, examples: list[TrainExample], config, steps: int, work:
         Row("fine-tuning", f"plain Trainer, {label}", plain_tps, "tokens/s",
             f"MFU {mfu(plain_tps):.1%}; {plain['seconds']:.1f} s for {steps} steps"),
         Row("fine-tuning", f"selftaught MFU, {label}", mfu(ours_tps), "fraction",
-            f"6·N·tokens/s over a measured {'bf16' if _bf16() else 'fp32'} matmul peak of {peak * 1000:.0f} GFLOP/s"),
+            f"6·N·tokens/s over a measured {'bf16' if _bf16() else 'fp32'} {pick_device()} matmul peak of "
+            f"{peak * 1000:.0f} GFLOP/s"),
         Row("fine-tuning", f"speed-up over plain Trainer, {label}", ours_tps / plain_tps, "x"),
     ]
 

@@ -182,3 +182,23 @@ def test_completions_that_repeat_the_hint_are_caught(case):
         assert task.leaks_hint(completion, example), completion
     assert not task.leaks_hint(clean, example)
     assert task.is_correct(task.extract_answer(clean, example), example)  # a fair clean case
+
+
+@pytest.mark.parametrize("fewshot, expected", [
+    (True, {(0, "eval"): True, (1, "generations"): True, (1, "eval"): True, (2, "generations"): True,
+            (2, "rationalizations"): True, (2, "validation"): True}),
+    # the original code's second switch: the fine-tuned M_n (n >= 1) get the bare question
+    (False, {(0, "eval"): True, (1, "generations"): True, (1, "rationalizations"): True, (1, "eval"): False,
+             (1, "validation"): False, (2, "generations"): False, (2, "rationalizations"): False}),
+])
+def test_fewshot_prompt_for_finetuned_models_is_a_switch(tmp_path, fewshot, expected):
+    from selftaught.stages import Stages
+
+    config = load_config(overrides=[f"loop.fewshot_for_finetuned={str(fewshot).lower()}"])
+    task = get_task("addition")
+    stages = Stages(config, task, RunStore(tmp_path))
+    e = task.load("train", 1, seed=0)[0]
+    for (n, stage), with_fewshot in expected.items():
+        hint = stage == "rationalizations"
+        prompt = stages._prompt(n, stage, e, hint)
+        assert prompt == (task.prompt(e, hint) if with_fewshot else task.format_question(e, hint)), (n, stage)

@@ -103,7 +103,8 @@ class LoopConfig:
         "§3.2: retry wrongly answered questions with the answer given as a hint.", default=True
     )
     patience: int = _help(
-        "Stop early after this many iterations without held-out improvement (0: never).",
+        "Stop early after this many iterations without validation improvement (0: never); the "
+        "held-out split never decides it.",
         default=2,
     )
     min_improvement: float = _help(
@@ -130,6 +131,14 @@ class LoopConfig:
     restart_from_base: bool = _help(
         "Fine-tune each M_n from the base model M (the paper) or, false, continue from M_{n-1} "
         "(B-STaR, OpenRLHF).",
+        default=True,
+    )
+    fewshot_for_finetuned: bool = _help(
+        "Prompt the fine-tuned models M_n (n >= 1) with the few-shot exemplars too, as the base "
+        "model is. False: from iteration 2's generation and iteration 1's evaluation on, the bare "
+        "question (the original code's second switch; the pairing that matches how M_n was "
+        "trained when training.keep_fewshot_prompt=false). Not yet measured which pairing is "
+        "better on the default task, so the default is unchanged.",
         default=True,
     )
 

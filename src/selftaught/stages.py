@@ -164,7 +164,7 @@ class Stages:
 
         def compute(chunk: list[Example]) -> list[dict]:
             nonlocal tokens
-            prompts = [self.task.prompt(e, hint, direct=self.direct) for e in chunk]
+            prompts = [self._prompt(n, stage, e, hint) for e in chunk]
             # One seed per (run seed, iteration, stage, question); the generator derives one per sample.
             seeds = [derive_seed(self.config.seed, n, stage, e.id) for e in chunk]
             outputs = self._generator_for(model).generate(prompts, params, desc=f"iteration {n} {stage}",
@@ -206,6 +206,13 @@ class Stages:
             prompt = self._training_prompt(e)
             pairs += [{"prompt": prompt, "chosen": c, "rejected": r} for c, r in preference_pairs(good, bad)]
         self.store.write(n, "preference_pairs", pairs)
+
+    def _prompt(self, n: int, stage: str, example: Example, hint: bool) -> str:
+        """The few-shot prompt, except for a fine-tuned model with loop.fewshot_for_finetuned off."""
+        finetuned = n >= (1 if stage in ("eval", "validation") else 2)  # iteration n generates with M_{n-1}
+        if finetuned and not self.config.loop.fewshot_for_finetuned:
+            return self.task.format_question(example, hint)
+        return self.task.prompt(example, hint, direct=self.direct)
 
     def _training_prompt(self, example: Example) -> str:
         if self.config.training.keep_fewshot_prompt:
