@@ -238,9 +238,19 @@ class TrainingConfig:
 class EvalConfig:
     split: str = _help("Held-out split of the task that M_n is evaluated on.", default="test")
     size: int | None = _help("Held-out questions (None: the whole split).", default=200)
+    samples: int = _help(
+        "Self-consistency: besides greedy accuracy, sample this many answers per held-out "
+        "question and report majority-vote accuracy (maj@k) and pass@k (1: greedy only).",
+        default=1,
+    )
+    temperature: float = _help("Sampling temperature of eval.samples > 1.", default=0.7)
 
     def __post_init__(self) -> None:
         _positive("eval.size", self.size, allow_none=True)
+        _positive("eval.samples", self.samples)
+        if self.samples > 1 and not self.temperature > 0:
+            raise ConfigError("eval.samples > 1 needs eval.temperature > 0: greedy decoding gives "
+                              "the same answer every time")
 
 
 METHODS = ("star", "direct_finetune")

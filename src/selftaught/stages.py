@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from selftaught.config import RunConfig
 from selftaught.filtering import distinct_key, preference_pairs, select
+from selftaught.samples import majority_vote, pass_at_k
 from selftaught.generation import Generator, SamplingParams, get_generator
 from selftaught.store import RunStore
 from selftaught.tasks import Example, Task
@@ -134,7 +135,9 @@ class Stages:
         if n in done:
             return done[n]
         records = self._complete(n, "eval", model, held_out, hint=False, params=self.greedy)
+        consistency = self._self_consistency(n, model, held_out)  # eval.samples > 1 only
         record = self._metrics(n, records)
+        record.update(consistency)
         self.store.add_metrics(record)
         self.trackers.metrics(record)
         self.say(summary_line(record))
@@ -246,6 +249,27 @@ class Stages:
         record["iteration_seconds"] = round(sum(v["seconds"] for v in stats.values()), 2)
         return record
 
+    def _self_consistency(self, n: int, model: str, held_out: list[Example]) -> dict[str, Any]:
+        """eval.samples = k > 1: maj@k (Wang et al. 2023) and pass@k (Chen et al. 2021)."""
+        k = self.config.eval.samples
+        if k <= 1:
+            return {}
+        params = SamplingParams(max_new_tokens=self.greedy.max_new_tokens, temperature=self.config.eval.temperature,
+                                top_p=self.sampling.top_p, n=k, stop=self.greedy.stop, seed=self.config.seed)
+        samples: dict[str, list[dict]] = defaultdict(list)
+        for r in self._complete(n, "eval_samples", model, held_out, hint=False, params=params):
+            samples[r["id"]].append(r)
+        majority_right, passed, right = 0, 0.0, 0
+        for records in samples.values():
+            voted = majority_vote([r["predicted"] for r in records])
+            majority_right += any(r["correct"] for r in records if voted is not None and r["predicted"] == voted)
+            c = sum(r["correct"] for r in records)
+            passed += pass_at_k(len(records), c, k)
+            right += c
+        questions = len(samples)
+        return {"eval_samples": k, "maj_at_k": majority_right / questions, "pass_at_k": passed / questions,
+                "sampled_accuracy": right / (k * questions)}
+
     def _sampling_metrics(self, n: int) -> dict[str, Any]:
         """Samples drawn, correct, rejected for a false step, and distinct kept (filter.json)."""
         path = self.store.iteration_dir(n) / "filter.json"
@@ -275,6 +299,8 @@ def summary_line(m: dict[str, Any]) -> str:
         line += (f" | kept {m['kept_generation']} generated + {m['kept_rationalization']} "
                  f"rationalized = {m['train_fraction']:.1%} of train | {m['steps']} steps, "
                  f"final loss {m['final_loss']:.3f}")
+    if "maj_at_k" in m:
+        line += f" | maj@{m['eval_samples']} {m['maj_at_k']:.1%}, pass@{m['eval_samples']} {m['pass_at_k']:.1%}"
     return line + f" | {_duration(m['iteration_seconds'])}"
 
 
