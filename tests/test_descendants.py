@@ -13,12 +13,12 @@ import pytest
 from selftaught.cli import main
 from selftaught.config import ConfigError, load_config
 from selftaught.filtering import distinct_key
-from selftaught.samples import majority_vote
+from selftaught.samples import balance_score, majority_vote
 from selftaught.tasks.steps import steps_hold
 
 from helpers import TRAIN, read_jsonl, tiny_overrides
 
-K, CAP, EVAL_K = 4, 2, 3
+K, CAP, EVAL_K, GRID = 4, 2, 3, (0.5, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def descendants_run(tmp_path_factory, tiny_model) -> Path:
     assert main(["run", *tiny_overrides(
         tiny_model, out, f"generation.samples_per_question={K}", "generation.temperature=1.0",
         f"loop.keep_per_question={CAP}", "loop.distinct=signature", "loop.restart_from_base=false",
-        f"eval.samples={EVAL_K}",
+        f"eval.samples={EVAL_K}", f"loop.auto_temperature={list(GRID)}", "loop.probe_size=8",
     )]) == 0
     return out
 
@@ -59,6 +59,22 @@ def test_k_samples_keep_distinct_correct_rationales_up_to_the_cap(descendants_ru
         assert metrics["samples_correct"]["generations"] == sum(r["correct"] for r in generated)
         assert metrics["kept_distinct"] == len(kept)
         assert 0 <= metrics["mean_pass_rate"] <= 1
+
+
+def test_auto_temperature_takes_the_best_balance_score(descendants_run):
+    for m in read_jsonl(descendants_run / "metrics.jsonl")[1:]:
+        it = descendants_run / f"iteration-{m['iteration']:02d}"
+        scores = {}
+        for t in GRID:
+            correct = defaultdict(int)
+            for r in read_jsonl(it / f"probe-t{t:g}.jsonl"):
+                correct[r["id"]] += r["correct"]
+            assert len(correct) == 8
+            scores[t] = sum(balance_score(c, K, 2) for c in correct.values()) / 8
+        assert m["balance_score"] == {f"{t:g}": pytest.approx(v) for t, v in scores.items()}
+        assert m["temperature"] == max(GRID, key=lambda t: scores[t])
+        # ...saved where a resumed run finds it
+        assert json.loads((it / "temperature.json").read_text())["temperature"] == m["temperature"]
 
 
 def test_continue_mode_trains_from_the_previous_model(descendants_run, tiny_model):
@@ -113,5 +129,10 @@ def test_options_are_checked_before_any_work():
         load_config(overrides=["loop.distinct=words"])
     with pytest.raises(ConfigError, match="eval.samples > 1 needs eval.temperature > 0"):
         load_config(overrides=["eval.samples=4", "eval.temperature=0"])
+    with pytest.raises(ConfigError, match="loop.auto_temperature scores temperatures by several"):
+        load_config(overrides=["loop.auto_temperature=[0.5, 1.0]"])
+    with pytest.raises(ConfigError, match="loop.auto_temperature must be a list of temperatures > 0"):
+        load_config(overrides=["loop.auto_temperature=[0, 1.0]", "generation.samples_per_question=2",
+                               "generation.temperature=1"])
     with pytest.raises(ConfigError, match="training.method=lora does not support"):
         load_config(overrides=["loop.restart_from_base=false", "training.method=lora"])

@@ -6,6 +6,7 @@ resumed run never recomputes a finished stage.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -17,8 +18,8 @@ from tqdm.auto import tqdm
 
 from selftaught.config import RunConfig
 from selftaught.filtering import distinct_key, preference_pairs, select
-from selftaught.samples import majority_vote, pass_at_k
 from selftaught.generation import Generator, SamplingParams, get_generator
+from selftaught.samples import balance_score, majority_vote, pass_at_k
 from selftaught.store import RunStore
 from selftaught.tasks import Example, Task
 from selftaught.tasks.steps import make_step_checker
@@ -52,7 +53,8 @@ class Stages:
 
     # --- Algorithm 1, one method per line ----------------------------------------------------
     def generate_rationales(self, n: int, model: str, train: list[Example]) -> list[dict]:
-        return self._complete(n, "generations", model, train, hint=False, params=self.sampling)
+        self._choose_temperature(n, model, train)  # B-STaR, with loop.auto_temperature only
+        return self._complete(n, "generations", model, train, hint=False, params=self._sampling(n))
 
     def failures(self, train: list[Example], rationales: list[dict]) -> list[Example]:
         solved = {r["id"] for r in rationales if r["correct"] and self._steps_hold(r)}
@@ -60,7 +62,7 @@ class Stages:
 
     def rationalize(self, n: int, model: str, failures: list[Example]) -> list[dict]:
         # §3.2: the hint gives the answer; the saved training example will not contain it.
-        return self._complete(n, "rationalizations", model, failures, hint=True, params=self.sampling)
+        return self._complete(n, "rationalizations", model, failures, hint=True, params=self._sampling(n))
 
     def filter_correct(
         self, n: int, train: list[Example], rationales: list[dict], rationalized: list[dict]
@@ -176,6 +178,32 @@ class Stages:
                                 tokens_per_second=tokens / seconds if seconds else 0.0)
         return records
 
+    def _choose_temperature(self, n: int, model: str, train: list[Example]) -> None:
+        """B-STaR: the temperature of the grid whose samples on a probe subset of the training
+        questions have the best mean balance score; saved in temperature.json."""
+        grid, path = self.config.loop.auto_temperature, self.store.iteration_dir(n) / "temperature.json"
+        if not grid or path.exists():
+            return
+        probe, k = train[: self.config.loop.probe_size], self.sampling.n
+        scores = {}
+        for t in grid:
+            correct: Counter = Counter()
+            for r in self._complete(n, f"probe-t{t:g}", model, probe, hint=False,
+                                    params=dataclasses.replace(self.sampling, temperature=t)):
+                correct[r["id"]] += r["correct"]
+            scores[f"{t:g}"] = sum(balance_score(correct[e.id], k, self.config.loop.balance_m)
+                                   for e in probe) / len(probe)
+        best = max(grid, key=lambda t: scores[f"{t:g}"])  # a tie goes to the first in the grid
+        path.write_text(json.dumps({"temperature": best, "balance_score": scores}, indent=1))
+        self.say(f"iteration {n}: sampling at temperature {best:g} (balance score "
+                 + ", ".join(f"{t}: {v:.3f}" for t, v in scores.items()) + ")")
+
+    def _sampling(self, n: int) -> SamplingParams:
+        path = self.store.iteration_dir(n) / "temperature.json"
+        if self.config.loop.auto_temperature and path.exists():
+            return dataclasses.replace(self.sampling, temperature=json.loads(path.read_text())["temperature"])
+        return self.sampling
+
     def _steps_hold(self, record: dict) -> bool:
         return self.steps_hold is None or self.steps_hold(record["output"])
 
@@ -277,7 +305,9 @@ class Stages:
             return {}
         f = json.loads(path.read_text())
         rates = list(f["pass_rate"].values())
+        chosen = self.store.iteration_dir(n) / "temperature.json"  # B-STaR's choice, if made
         return {
+            **(json.loads(chosen.read_text()) if chosen.exists() else {}),
             "samples_drawn": f["samples_drawn"], "samples_correct": f["samples_correct"],
             "step_rejected": f["step_rejected"], "kept_distinct": f["kept"],
             "duplicates": f["duplicates"], "over_cap": f["over_cap"],
