@@ -102,6 +102,14 @@ def test_self_consistency_metrics_match_the_samples(descendants_run):
         assert m["accuracy"] == pytest.approx(sum(r["correct"] for r in read_jsonl(it / "eval.jsonl")) / m["held_out"])
 
 
+def test_report_plots_maj_and_pass_at_k(descendants_run):
+    from selftaught.report import find_subject, plot_accuracy
+
+    labels = [line.get_label() for line in plot_accuracy(find_subject(descendants_run)).axes[0].lines]
+    assert any(f"maj@{EVAL_K}" in label for label in labels)
+    assert any(f"pass@{EVAL_K}" in label for label in labels)
+
+
 def test_preference_pairs_load_with_datasets_in_trls_format(descendants_run):
     datasets = pytest.importorskip("datasets")
     files = [str(descendants_run / f"iteration-{n:02d}" / "preference_pairs.jsonl") for n in (1, 2)]
