@@ -44,6 +44,7 @@ def test_equations_are_found_and_checked(text, expected):
     "2^10 = 1024", "9**99999999 = 1", "10 ** 1000000 = 5",  # powers: not read, never computed
     "On 12-05-2020 = today", "12-05-2020", "12-05-2020 = 12 - 5 - 2020",  # dates
     "half of 20 = 10", "50% of 20 = 10", "x = 7 = 8",  # no computation stated
+    "2:30 + 1 = 3:30", "v.5 + 1 = 1.5", "1,23 + 4 = 5,23",  # times, stray decimals
     "box 3 = 4", "(((1)) + 1 = 2", "3 + = 7", "= 4", "", "no numbers at all = none",
     "9" * 50 + " + 1 = 2",  # a literal too long to be a hand computation
     "(" * 5000 + "1" + ")" * 5000 + " + 1 = 2",  # deep nesting: no recursion blow-up

@@ -142,11 +142,29 @@ class LoopConfig:
         default=True,
     )
 
+    auto_temperature: list[float] | None = _help(
+        "B-STaR: each iteration, try these temperatures on loop.probe_size training questions and "
+        "sample with the one whose balance score is best (None: generation.temperature).",
+        default=None,
+    )
+    probe_size: int = _help("B-STaR: training questions the temperatures are tried on.", default=32)
+    balance_m: int = _help(
+        "B-STaR's balance score: correct samples a question needs to count fully (fewer scale "
+        "its correct ratio by count / m).",
+        default=2,
+    )
+
     def __post_init__(self) -> None:
         _positive("loop.iterations", self.iterations)
         _non_negative("loop.patience", self.patience)
         _positive("loop.keep_per_question", self.keep_per_question)
         _choice("loop.distinct", self.distinct, ("text", "signature"))
+        _positive("loop.probe_size", self.probe_size)
+        _positive("loop.balance_m", self.balance_m)
+        if self.auto_temperature is not None and (
+                not self.auto_temperature or any(not t > 0 for t in self.auto_temperature)):
+            raise ConfigError(f"loop.auto_temperature must be a list of temperatures > 0, e.g. "
+                              f"[0.5, 0.7, 1.0]; got {self.auto_temperature}")
 
 
 @dataclass
@@ -302,6 +320,12 @@ class EvalConfig:
         "validation questions from the training split. Never the held-out split.",
         default=None,
     )
+    samples: int = _help(
+        "Self-consistency: besides greedy accuracy, sample this many answers per held-out "
+        "question and report majority-vote accuracy (maj@k) and pass@k (1: greedy only).",
+        default=1,
+    )
+    temperature: float = _help("Sampling temperature of eval.samples > 1.", default=0.7)
 
     def __post_init__(self) -> None:
         _positive("eval.size", self.size, allow_none=True)
@@ -312,6 +336,10 @@ class EvalConfig:
                 f"split ({self.split!r}) and from train; leave it null to carve the validation "
                 "questions from the training split"
             )
+        _positive("eval.samples", self.samples)
+        if self.samples > 1 and not self.temperature > 0:
+            raise ConfigError("eval.samples > 1 needs eval.temperature > 0: greedy decoding gives "
+                              "the same answer every time")
 
 
 # Keys that moved into a backend's section: an old config gets one line saying where.
@@ -362,6 +390,9 @@ class RunConfig:
             raise ConfigError("loop.restart_from_base=false continues training M_{n-1}, which "
                               "training.method=lora does not support (its M_n is an adapter); "
                               "use training.method=full")
+        if self.loop.auto_temperature and self.generation.samples_per_question < 2:
+            raise ConfigError("loop.auto_temperature scores temperatures by several samples per "
+                              "question; set generation.samples_per_question >= 2")
         if self.loop.keep_per_question > self.generation.samples_per_question:
             raise ConfigError(
                 f"loop.keep_per_question={self.loop.keep_per_question} needs at least as many "

@@ -152,6 +152,13 @@ def plot_accuracy(s: Subject):
     for run, color in zip([] if s.seed_runs else runs, ("tab:blue", "tab:purple")):
         x = [m["iteration"] for m in run.history]
         ax.plot(x, [100 * m["accuracy"] for m in run.history], marker="o", color=color, label=run.name)
+    sampled = [m for m in s.run.history if "maj_at_k" in m]  # eval.samples = k > 1
+    if sampled:
+        k, x = sampled[0]["eval_samples"], [m["iteration"] for m in sampled]
+        ax.plot(x, [100 * m["maj_at_k"] for m in sampled], marker="s", ls="--", color="tab:green",
+                label=f"{s.run.name}, majority of {k} samples (maj@{k})")
+        ax.plot(x, [100 * m["pass_at_k"] for m in sampled], marker="^", ls=":", color="tab:orange",
+                label=f"{s.run.name}, any of {k} samples right (pass@{k})")
     for method, style in BASELINE_STYLE.items():
         row = s.baseline(method)
         if row is not None:

@@ -6,6 +6,7 @@ resumed run never recomputes a finished stage.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -20,6 +21,7 @@ from selftaught.config import RunConfig
 from selftaught.filtering import distinct_key, preference_pairs, select
 from selftaught.generation import Generator, SamplingParams, get_generator
 from selftaught.generation.base import derive_seed
+from selftaught.samples import balance_score, majority_vote, pass_at_k
 from selftaught.store import RunStore
 from selftaught.tasks import Example, Task
 from selftaught.tasks.steps import make_step_checker
@@ -53,7 +55,8 @@ class Stages:
 
     # --- Algorithm 1, one method per line ----------------------------------------------------
     def generate_rationales(self, n: int, model: str, train: list[Example]) -> list[dict]:
-        return self._complete(n, "generations", model, train, hint=False, params=self.sampling)
+        self._choose_temperature(n, model, train)  # B-STaR, with loop.auto_temperature only
+        return self._complete(n, "generations", model, train, hint=False, params=self._sampling(n))
 
     def failures(self, train: list[Example], rationales: list[dict]) -> list[Example]:
         solved = {r["id"] for r in rationales if r["correct"] and self._steps_hold(r)}
@@ -61,7 +64,7 @@ class Stages:
 
     def rationalize(self, n: int, model: str, failures: list[Example]) -> list[dict]:
         # §3.2: the hint gives the answer; the saved training example will not contain it.
-        return self._complete(n, "rationalizations", model, failures, hint=True, params=self.sampling)
+        return self._complete(n, "rationalizations", model, failures, hint=True, params=self._sampling(n))
 
     def filter_correct(
         self, n: int, train: list[Example], rationales: list[dict], rationalized: list[dict]
@@ -141,6 +144,7 @@ class Stages:
             return done[n]
         checked = self._validate(n, model, validation) if validation is not None else {}
         records = self._complete(n, "eval", model, held_out, hint=False, params=self.greedy)
+        consistency = self._self_consistency(n, model, held_out)  # eval.samples > 1 only
         record = self._metrics(n, records)
         if checked:
             from selftaught.loop import selected
@@ -148,6 +152,7 @@ class Stages:
             record.update(checked)
             best = selected([m for m in done.values() if m["iteration"] < n] + [record])
             record["selected_iteration"], record["selected_accuracy"] = best["iteration"], best["accuracy"]
+        record.update(consistency)
         self.store.add_metrics(record)
         self.trackers.metrics(record)
         self.say(summary_line(record))
@@ -189,6 +194,32 @@ class Stages:
         self.store.record_stage(n, stage, seconds=seconds, tokens=tokens,
                                 tokens_per_second=tokens / seconds if seconds else 0.0)
         return records
+
+    def _choose_temperature(self, n: int, model: str, train: list[Example]) -> None:
+        """B-STaR: the temperature of the grid whose samples on a probe subset of the training
+        questions have the best mean balance score; saved in temperature.json."""
+        grid, path = self.config.loop.auto_temperature, self.store.iteration_dir(n) / "temperature.json"
+        if not grid or path.exists():
+            return
+        probe, k = train[: self.config.loop.probe_size], self.sampling.n
+        scores = {}
+        for t in grid:
+            correct: Counter = Counter()
+            for r in self._complete(n, f"probe-t{t:g}", model, probe, hint=False,
+                                    params=dataclasses.replace(self.sampling, temperature=t)):
+                correct[r["id"]] += r["correct"]
+            scores[f"{t:g}"] = sum(balance_score(correct[e.id], k, self.config.loop.balance_m)
+                                   for e in probe) / len(probe)
+        best = max(grid, key=lambda t: scores[f"{t:g}"])  # a tie goes to the first in the grid
+        path.write_text(json.dumps({"temperature": best, "balance_score": scores}, indent=1))
+        self.say(f"iteration {n}: sampling at temperature {best:g} (balance score "
+                 + ", ".join(f"{t}: {v:.3f}" for t, v in scores.items()) + ")")
+
+    def _sampling(self, n: int) -> SamplingParams:
+        path = self.store.iteration_dir(n) / "temperature.json"
+        if self.config.loop.auto_temperature and path.exists():
+            return dataclasses.replace(self.sampling, temperature=json.loads(path.read_text())["temperature"])
+        return self.sampling
 
     def _steps_hold(self, record: dict) -> bool:
         return self.steps_hold is None or self.steps_hold(record["output"])
@@ -296,6 +327,27 @@ class Stages:
         return {"validation_accuracy": correct / len(records), "validation_correct": correct,
                 "validation_size": len(records)}
 
+    def _self_consistency(self, n: int, model: str, held_out: list[Example]) -> dict[str, Any]:
+        """eval.samples = k > 1: maj@k (Wang et al. 2023) and pass@k (Chen et al. 2021)."""
+        k = self.config.eval.samples
+        if k <= 1:
+            return {}
+        params = SamplingParams(max_new_tokens=self.greedy.max_new_tokens, temperature=self.config.eval.temperature,
+                                top_p=self.sampling.top_p, n=k, stop=self.greedy.stop, seed=self.config.seed)
+        samples: dict[str, list[dict]] = defaultdict(list)
+        for r in self._complete(n, "eval_samples", model, held_out, hint=False, params=params):
+            samples[r["id"]].append(r)
+        majority_right, passed, right = 0, 0.0, 0
+        for records in samples.values():
+            voted = majority_vote([r["predicted"] for r in records])
+            majority_right += any(r["correct"] for r in records if voted is not None and r["predicted"] == voted)
+            c = sum(r["correct"] for r in records)
+            passed += pass_at_k(len(records), c, k)
+            right += c
+        questions = len(samples)
+        return {"eval_samples": k, "maj_at_k": majority_right / questions, "pass_at_k": passed / questions,
+                "sampled_accuracy": right / (k * questions)}
+
     def _sampling_metrics(self, n: int) -> dict[str, Any]:
         """Samples drawn, correct, rejected for a false step, and distinct kept (filter.json)."""
         path = self.store.iteration_dir(n) / "filter.json"
@@ -303,7 +355,9 @@ class Stages:
             return {}
         f = json.loads(path.read_text())
         rates = list(f["pass_rate"].values())
+        chosen = self.store.iteration_dir(n) / "temperature.json"  # B-STaR's choice, if made
         return {
+            **(json.loads(chosen.read_text()) if chosen.exists() else {}),
             "samples_drawn": f["samples_drawn"], "samples_correct": f["samples_correct"],
             "step_rejected": f["step_rejected"], "kept_distinct": f["kept"],
             "duplicates": f["duplicates"], "over_cap": f["over_cap"],
@@ -329,6 +383,8 @@ def summary_line(m: dict[str, Any]) -> str:
         line += (f" | kept {m['kept_generation']} generated + {m['kept_rationalization']} "
                  f"rationalized = {m['train_fraction']:.1%} of train | {m['steps']} steps, "
                  f"final loss {m['final_loss']:.3f}")
+    if "maj_at_k" in m:
+        line += f" | maj@{m['eval_samples']} {m['maj_at_k']:.1%}, pass@{m['eval_samples']} {m['pass_at_k']:.1%}"
     return line + f" | {_duration(m['iteration_seconds'])}"
 
 

@@ -37,8 +37,10 @@ _TOKEN = re.compile(
 )
 _OPS = {"-": "-", "−": "-", "–": "-", "+": "+", "*": "*", "×": "*", "·": "*", "x": "*", "X": "*",
         "/": "/", "÷": "/"}
-# Punctuation that may touch an equation without being part of it ("= 21.", "(3 + 4 = 7)").
-_SOFT = set(".,;:!?\"'\n\r<>[]{}")
+# Punctuation that may touch an equation without being part of it ("= 21.", "<<48/2=24>>"). Not
+# ":" ("2:30 + 1 = 3:30" is a time) and, before one, not "." or "," (".5 + 1", "1,23 + 4").
+_SOFT_BEFORE = set("\"'\n\r<[{")
+_SOFT_AFTER = set(".,;!?\"'\n\r>]}")
 
 
 class Unparseable(ValueError):
@@ -93,8 +95,8 @@ def _segment_equations(segment: list[tuple[str, str]], before: str, after: str) 
         return []
     # An expression touching a letter or symbol ("2^10", "4t", "50%") continues past what we can
     # read, so the part of the equation at that edge is unknown.
-    open_start = not segment[0][0] == "space" and before not in _SOFT
-    open_end = not segment[-1][0] == "space" and after not in _SOFT
+    open_start = not segment[0][0] == "space" and before not in _SOFT_BEFORE
+    open_end = not segment[-1][0] == "space" and after not in _SOFT_AFTER
     parts: list[list[tuple[str, str]]] = [[]]
     for kind, value in segment:
         if kind == "eq":
