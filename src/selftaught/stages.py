@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from selftaught.config import RunConfig
 from selftaught.generation import Generator, SamplingParams, get_generator
-from selftaught.store import RunStore
+from selftaught.store import RunStore, atomic_write, durable_rename
 from selftaught.tasks import Example, Task
 from selftaught.tracking import open_trackers
 from selftaught.training import TrainExample, get_trainer
@@ -108,8 +108,8 @@ class Stages:
         shutil.rmtree(partial, ignore_errors=True)
         result = self.trainer.train(base_model, dataset, steps, partial)
         shutil.rmtree(out, ignore_errors=True)
-        partial.rename(out)
-        summary.write_text(json.dumps({
+        durable_rename(partial, out)
+        atomic_write(summary, json.dumps({
             "base_model": base_model, "steps": result.steps, "examples": len(dataset),
             "seconds": result.seconds, "tokens": result.tokens,
             "tokens_per_second": result.tokens_per_second, "losses": result.losses, **result.extra,

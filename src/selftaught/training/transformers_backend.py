@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from selftaught.faults import fault_point
 from selftaught.training.base import TrainExample, Trainer, TrainResult, register
 from selftaught.training.flops import computed_flops, matmul_peak_tflops, model_flops_per_token
 
@@ -103,6 +104,7 @@ class TransformersTrainer(Trainer):
             model.zero_grad(set_to_none=True)
             compute_s += t1 - t0
             optimizer_s += time.perf_counter() - t1
+            fault_point("train step")  # tests only: see selftaught/faults.py
             losses.append(step_loss)
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
         seconds = time.perf_counter() - start
