@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import textwrap
 from pathlib import Path
@@ -95,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nselftaught: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in RESOURCE_ERRORS:
+            raise
+        print(f"selftaught: error: {resource_error(e, getattr(args, 'run_folder', None))}", file=sys.stderr)
+        return 2
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -110,19 +116,22 @@ def _run(args: argparse.Namespace) -> int:
             args.overrides.insert(0, args.config)
         elif args.config:
             raise ConfigError("with --resume the config comes from the run folder; pass only key=value overrides")
-        store = RunStore.open(Path(args.resume))
-        saved = store.config()
+        saved = RunStore.open(Path(args.resume)).config()
         for item in args.overrides:
             key = item.partition("=")[0].strip()
             if key not in RESUMABLE_KEYS:
                 raise ConfigError(f"{key} cannot change when resuming; only {', '.join(RESUMABLE_KEYS)} can")
         config = load_config(overrides=args.overrides, base=saved)
         _check_launch(config)
+        args.run_folder = Path(args.resume)
+        store = RunStore.open(Path(args.resume), lock=True)  # one writer per run folder
+        print(f"resuming {store.root}: {store.progress()}")
     else:
         config = _new_config(args)
         if config.output_dir is None:
             config.output_dir = str(default_output_dir(config))
         store = RunStore.create(Path(config.output_dir), config.to_dict(), args.overwrite)
+        args.run_folder = store.root
     print(f"run folder: {store.root}")
     try:
         history = run(config, store)
@@ -130,6 +139,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\nselftaught: interrupted; finished stages are saved, continue with "
               f"`selftaught run --resume {store.root}`", file=sys.stderr)
         return 130
+    finally:
+        store.close()
     first, last = history[0], history[-1]
     chosen = (f"; selected on validation: iteration {last['selected_iteration']} "
               f"({last['selected_accuracy']:.1%})" if "selected_iteration" in last else "")
@@ -154,7 +165,10 @@ def _run_seeds(args: argparse.Namespace) -> int:
         cfg.output_dir = str(root / f"seed-{seed}")
         store = RunStore.create(Path(cfg.output_dir), cfg.to_dict(), args.overwrite)
         print(f"run folder: {store.root}")
-        history = run(cfg, store)
+        try:
+            history = run(cfg, store)
+        finally:
+            store.close()  # its lock: one writer per run folder
         finals.append((selected(history)["accuracy"], history[-1]["accuracy"]))
     for name, values in (("selected on validation", [a for a, _ in finals]), ("last iteration", [b for _, b in finals])):
         mean, std = mean_std(values)
@@ -172,8 +186,10 @@ def _new_config(args: argparse.Namespace) -> RunConfig:
     if args.config and "=" in args.config and not Path(args.config).exists():
         args.overrides.insert(0, args.config)
         args.config = None
+    from selftaught.loop import check_data
+
     config = load_config(args.config, args.overrides)
-    get_task(config.task.name, config.task.options).check_split(config.eval.split)
+    check_data(config, get_task(config.task.name, config.task.options))  # before any folder exists
     check_trackers(config.report_to)
     _check_launch(config)
     return config
@@ -239,6 +255,29 @@ def _show_prompt(args: argparse.Namespace) -> int:
     print("=== prompt with the hint (rationalization, §3.2) ===")
     print(task.prompt(example, hint=True))
     return 0
+
+
+# Errors of the machine rather than of selftaught: said in one line, never a traceback.
+RESOURCE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT}
+
+
+def resource_error(e: OSError, run_folder: Path | None) -> str:
+    """One line: what failed, on which path, and what to do."""
+    path = e.filename or run_folder or "the run folder"
+    what = {
+        errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+        errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+        errno.EROFS: "the file system is read-only", errno.ENOENT: "no such file or folder",
+    }[e.errno]
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space"
+    elif e.errno == errno.ENOENT:
+        fix = "check that the path exists"
+    else:
+        fix = "make it writable or set output_dir to a folder you can write"
+    tail = (f", then continue with `selftaught run --resume {run_folder}` (finished stages are kept)"
+            if run_folder and Path(run_folder, "config.yaml").exists() else "")
+    return f"{what}: {path}; {fix}{tail}"
 
 
 def _options_help() -> str:

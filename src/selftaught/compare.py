@@ -113,13 +113,17 @@ def compare(config: RunConfig, root: Path, say=print, seeds: list[int] | None = 
             check_reusable(folder / name, cfg)
     for folder, configs in plans.items():
         stores = {name: open_run(folder / name, cfg) for name, cfg in configs.items()}
-        for name, cfg in configs.items():
-            finished = _finished(stores[name], cfg)
-            say(f"{name}: {'reusing finished' if finished else 'running'} run in {stores[name].root}")
-            start = time.perf_counter()
-            run(cfg, stores[name])
-            if not finished:
-                say(f"{name}: done in {time.perf_counter() - start:.0f}s")
+        try:
+            for name, cfg in configs.items():
+                finished = _finished(stores[name], cfg)
+                say(f"{name}: {'reusing finished' if finished else 'running'} run in {stores[name].root}")
+                start = time.perf_counter()
+                run(cfg, stores[name])
+                if not finished:
+                    say(f"{name}: done in {time.perf_counter() - start:.0f}s")
+        finally:
+            for store in stores.values():  # their locks: one writer per run folder
+                store.close()
     rows = table(root, seeds)
     write_table(rows, root)
     return rows
@@ -128,7 +132,7 @@ def compare(config: RunConfig, root: Path, say=print, seeds: list[int] | None = 
 def open_run(path: Path, config: RunConfig) -> RunStore:
     """The run folder for ``config``: created, or an existing one made with the same config."""
     if check_reusable(path, config):
-        return RunStore.open(path)
+        return RunStore.open(path, lock=True)  # one writer per run folder
     return RunStore.create(path, config.to_dict(), overwrite=False)
 
 

@@ -8,23 +8,30 @@ without rationales.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from selftaught.config import RunConfig
 from selftaught.models import resolve_base_model
 from selftaught.stages import Stages
 from selftaught.store import RunStore
-from selftaught.tasks import get_task
+from selftaught.tasks import Task, get_task
+
+Callback = Callable[[dict], "bool | None"]  # sees an iteration's metrics; True stops the run
 
 
-def run(config: RunConfig, store: RunStore) -> list[dict]:
-    """The run ``config.method`` names; one metrics record per iteration."""
-    return {"star": star, "direct_finetune": direct_finetune}[config.method](config, store)
+def run(config: RunConfig, store: RunStore, task: Task | None = None, callbacks: Sequence[Callback] = ()) -> list[dict]:
+    """The run ``config.method`` names; one metrics record per iteration.
+
+    ``task`` replaces the one ``config.task`` names (the Python API's in-memory data and
+    checker); each of ``callbacks`` sees every iteration's metrics and stops the run by
+    returning True."""
+    return {"star": star, "direct_finetune": direct_finetune}[config.method](config, store, task, callbacks)
 
 
-def star(config: RunConfig, store: RunStore) -> list[dict]:
+def star(config: RunConfig, store: RunStore, task: Task | None = None, callbacks: Sequence[Callback] = ()) -> list[dict]:
     """Run (or resume) STaR; return one metrics record per iteration, 0 being the base model."""
-    task = get_task(config.task.name, config.task.options)
+    task = task or get_task(config.task.name, config.task.options)
     train, validation = load_train_and_validation(task, config)  # D = {(x_i, y_i)}; never trained on: validation
     held_out = task.load(config.eval.split, config.eval.size, config.seed)  # only reported
     base_model = resolve_base_model(config.model)  # M
@@ -46,13 +53,15 @@ def star(config: RunConfig, store: RunStore) -> list[dict]:
             stages.say(f"validation accuracy has not improved for {config.loop.patience} "
                        "iterations: stopping early")
             break
+        if any([callback(history[-1]) for callback in callbacks]):  # a callback asked to stop
+            break
     stages.close()
     return history
 
 
-def direct_finetune(config: RunConfig, store: RunStore) -> list[dict]:
+def direct_finetune(config: RunConfig, store: RunStore, task: Task | None = None, callbacks: Sequence[Callback] = ()) -> list[dict]:
     """Baseline (Table 1): fine-tune M to answer every training question, with no rationale."""
-    task = get_task(config.task.name, config.task.options)
+    task = task or get_task(config.task.name, config.task.options)
     train, validation = load_train_and_validation(task, config)
     held_out = task.load(config.eval.split, config.eval.size, config.seed)
     base_model = resolve_base_model(config.model)
@@ -87,6 +96,13 @@ def selected(history: list[dict]) -> dict:
     earliest on a tie; iteration 0 while there is no other."""
     tuned = [m for m in history if m["iteration"] > 0] or history
     return max(tuned, key=lambda m: (m.get("validation_accuracy", 0.0), -m["iteration"]))
+
+
+def check_data(config: RunConfig, task: Task) -> None:
+    """Load every split the run will use, so bad data stops it before the run folder exists."""
+    task.check_split(config.eval.split)
+    load_train_and_validation(task, config)
+    task.load(config.eval.split, config.eval.size, config.seed)
 
 
 def default_output_dir(config: RunConfig) -> Path:

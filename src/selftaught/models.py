@@ -6,10 +6,12 @@ so every later load (one per iteration and stage) is a fast local ``from_pretrai
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from selftaught.config import ConfigError, ModelConfig
@@ -62,16 +64,25 @@ def convert_gguf(gguf: Path, cache: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"converting {gguf.name} to a safetensors checkpoint in {out} (once)")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The weights are dequantized to fp32; drop the GGUF marker so they save as plain tensors.
-    model.hf_quantizer = None
-    del model.config.quantization_config
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
+    # Two runs may start at once: each converts into a folder of its own and renames it into
+    # place; rename fails for the second (the folder exists by then), which uses the first's.
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".partial-", dir=cache))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The weights are dequantized to fp32; drop the GGUF marker so they save as plain tensors.
+        model.hf_quantizer = None
+        del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, out)
+        except OSError as e:
+            if not (e.errno in (errno.EEXIST, errno.ENOTEMPTY) and (out / "config.json").exists()):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -22,7 +22,7 @@ from selftaught.filtering import distinct_key, preference_pairs, select
 from selftaught.generation import Generator, SamplingParams, get_generator
 from selftaught.generation.base import derive_seed
 from selftaught.samples import balance_score, majority_vote, pass_at_k
-from selftaught.store import RunStore
+from selftaught.store import RunStore, atomic_write, durable_rename
 from selftaught.tasks import Example, Task
 from selftaught.tasks.steps import make_step_checker
 from selftaught.tracking import open_trackers
@@ -122,8 +122,8 @@ class Stages:
         shutil.rmtree(partial, ignore_errors=True)
         result = self._train(base_model, dataset, steps, partial)
         shutil.rmtree(out, ignore_errors=True)
-        partial.rename(out)
-        summary.write_text(json.dumps({
+        durable_rename(partial, out)
+        atomic_write(summary, json.dumps({
             "base_model": base_model, "steps": result.steps, "examples": len(dataset),
             "seconds": result.seconds, "tokens": result.tokens,
             "tokens_per_second": result.tokens_per_second, "losses": result.losses, **result.extra,

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from selftaught.faults import fault_point
 from selftaught.training.base import TrainExample, Trainer, TrainResult, register
 from selftaught.training.flops import computed_flops, matmul_peak_tflops, model_flops_per_token
 
@@ -134,6 +135,7 @@ class TransformersTrainer(Trainer):
                 step_loss = accelerator.reduce(step_loss.to(device), "sum").cpu()
             compute_s += t1 - t0
             optimizer_s += time.perf_counter() - t1
+            fault_point("train step")  # tests only: see selftaught/faults.py
             losses.append(step_loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{world * counts[0].item() / (time.perf_counter() - start):.0f}")
         seconds = time.perf_counter() - start
