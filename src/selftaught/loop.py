@@ -101,8 +101,8 @@ def selected(history: list[dict]) -> dict:
 def check_data(config: RunConfig, task: Task) -> None:
     """Load every split the run will use, so bad data stops it before the run folder exists."""
     task.check_split(config.eval.split)
-    load_train_and_validation(task, config)
     task.load(config.eval.split, config.eval.size, config.seed)
+    load_train_and_validation(task, config)
 
 
 def default_output_dir(config: RunConfig) -> Path:
