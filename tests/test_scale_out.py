@@ -113,7 +113,7 @@ def test_launch_commands(tmp_path):
 
 def _run_overrides(model: str, out: Path, processes: int) -> list[str]:
     return tiny_overrides(model, out, "loop.rationalize=false", "training.micro_batch_size=2",
-                          f"training.num_processes={processes}", f"generation.num_processes={processes}")
+                          f"training.num_processes={processes}", f"generation.transformers.num_processes={processes}")
 
 
 def test_run_on_two_processes_matches_one_and_resumes_after_a_killed_worker(tmp_path, tiny_model):
@@ -125,7 +125,7 @@ def test_run_on_two_processes_matches_one_and_resumes_after_a_killed_worker(tmp_
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     spec = two / "iteration-01" / "fine_tune.spec.json"
     killed = None
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 1800
     while killed is None and driver.poll() is None and time.monotonic() < deadline:
         if spec.exists():  # iteration 1's fine-tune has started: kill one of its workers
             workers = [p for p in psutil.Process(driver.pid).children(recursive=True)

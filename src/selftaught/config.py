@@ -440,15 +440,16 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    data = dict(data)
+    data, built = dict(data), set()
     for f in dataclasses.fields(cls):  # backend sections: generation.<backend>.<key>
         if f.metadata.get("sections"):
             sections = backend_sections(f.metadata["sections"])
             given = {name: data.pop(name) for name in list(data) if name in sections}
             data[f.name] = {name: from_dict(options, given.get(name) or {}, f"{prefix}{name}.")
                             for name, options in sections.items()}
-            names |= set(sections)
-    unknown = sorted(set(data) - names)
+            names = (names - {f.name}) | set(sections)
+            built.add(f.name)
+    unknown = sorted(set(data) - names - built)
     moved = [k for k in unknown if prefix + k in MOVED]
     if moved:
         raise ConfigError(f"{prefix}{moved[0]} is now {MOVED[prefix + moved[0]]}")
@@ -459,7 +460,10 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         )
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = value if name == "backend_options" else _coerce(hints[name], value, prefix + name)
+        if name in built:
+            kwargs[name] = value  # the backend sections, already built
+        else:
+            kwargs[name] = _coerce(hints[name], value, prefix + name)
     try:
         return cls(**kwargs)
     except TypeError as e:  # pragma: no cover - dataclass signature mismatch

@@ -102,10 +102,17 @@ class OpenAIServerGenerator(Generator):
         self.served = model_path  # the model name requests ask for
         self.adapter: str | None = None
         adapter = (Path(model_path) / "adapter_config.json").is_file()
-        if o.server_command:
-            self._start_servers(o.server_command, merged_checkpoint(model_path) if adapter else model_path)
-        elif adapter:
-            self._load_adapter(model_path)
+        try:
+            if o.server_command:
+                self._start_servers(o.server_command, merged_checkpoint(model_path) if adapter else model_path)
+            elif adapter:
+                self._load_adapter(model_path)
+            self._check_served()
+        except BaseException:
+            self.close()  # no server of ours outlives a failed start
+            raise
+
+    def _check_served(self) -> None:
         for url in self.urls:
             served = self._served_models(url)
             if self.served not in served:
