@@ -202,3 +202,21 @@ def test_fewshot_prompt_for_finetuned_models_is_a_switch(tmp_path, fewshot, expe
         hint = stage == "rationalizations"
         prompt = stages._prompt(n, stage, e, hint)
         assert prompt == (task.prompt(e, hint) if with_fewshot else task.format_question(e, hint)), (n, stage)
+
+
+def test_run_with_several_seeds_makes_one_folder_per_seed(tmp_path, monkeypatch, capsys):
+    import selftaught.loop as loop
+    from selftaught.cli import main
+
+    monkeypatch.setattr(FakeStages, "test_accuracy", [0.5, 0.6, 0.7])
+    monkeypatch.setattr(FakeStages, "validation_accuracy", [0.5, 0.9, 0.8])
+    monkeypatch.setattr(loop, "Stages", FakeStages)
+    monkeypatch.setattr(loop, "resolve_base_model", lambda model: "M")
+    out = tmp_path / "runs"
+    assert main(["run", f"output_dir={out}", "task.train_size=16", "eval.size=16", "eval.validation_size=16",
+                 "loop.iterations=2", "task.options.digits_max=1", "--seeds", "3", "4"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["seed-3", "seed-4"]
+    assert [RunStore.open(out / f"seed-{s}").config()["seed"] for s in (3, 4)] == [3, 4]
+    printed = capsys.readouterr().out
+    assert "selected on validation: 60.0% ± 0.0 over seeds 3 4" in printed  # iteration 1, not 2
+    assert "last iteration: 70.0% ± 0.0" in printed

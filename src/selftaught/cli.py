@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
     run.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                      help="one run per seed, in OUTPUT_DIR/seed-SEED/, then mean ± sd of the "
-                     "selected and last iterations' held-out accuracy")
+                     "selected and last iterations' held-out accuracy; give it after the key=value overrides")
     compare = sub.add_parser(
         "compare",
         help="run STaR and the paper's baselines on the same splits; write the table",
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     compare.add_argument("--seeds", nargs="+", type=int, metavar="SEED",
                          help="repeat every run once per seed, in OUTPUT_DIR/seed-SEED/; the table "
-                         "gives mean ± sd over seeds (default: the config's one seed, no seed folders)")
+                         "gives mean ± sd over seeds (default: the config's one seed, no seed folders); give it "
+                         "after the key=value overrides")
     report = sub.add_parser(
         "report", help="plots and a self-contained HTML page for a run or a comparison",
         description="Render RUN_DIR (a run folder, or a comparison's output_dir) as PNG plots "

@@ -101,6 +101,8 @@ def selected(history: list[dict]) -> dict:
 def check_data(config: RunConfig, task: Task) -> None:
     """Load every split the run will use, so bad data stops it before the run folder exists."""
     task.check_split(config.eval.split)
+    if config.eval.validation_split is not None:
+        task.check_split(config.eval.validation_split)
     task.load(config.eval.split, config.eval.size, config.seed)
     load_train_and_validation(task, config)
 
