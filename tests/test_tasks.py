@@ -210,6 +210,7 @@ def test_bad_data_stops_the_run_before_any_model_is_loaded(tmp_path, monkeypatch
     monkeypatch.setattr(selftaught.loop, "resolve_base_model", no_model)
     bad = write(tmp_path / "dev.jsonl", _csqa_line() + "\n" + _csqa_line(id="x2", answerKey="Z") + "\n")
     rc = main(["run", f"output_dir={tmp_path / 'run'}", "task.name=commonsenseqa", "eval.split=validation",
+               "task.train_size=4", "eval.validation_size=2",
                f"task.options.data_files.train={CSQA['train']}", f"task.options.data_files.validation={bad}"])
     err = capsys.readouterr().err
     assert rc == 2
