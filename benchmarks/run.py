@@ -344,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="markdown file the results are appended to")
     args = parser.parse_args(argv)
 
-    config = load_config(args.config, args.overrides)
+    # The plain iteration checks final answers only, as the paper does: so does selftaught's here.
+    config = load_config(args.config, ["loop.step_checker=none", *args.overrides])
     task = get_task(config.task.name, config.task.options)
     train = task.load("train", config.task.train_size, config.seed)
     held_out = task.load(config.eval.split, config.eval.size, config.seed)
