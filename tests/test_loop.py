@@ -142,12 +142,12 @@ def test_interrupted_generation_resumes_after_its_last_batch(tmp_path, tiny_mode
     real = TransformersGenerator.generate
     seen = []
 
-    def dies_on_second_chunk(self, prompts, params, desc="generate"):
+    def dies_on_second_chunk(self, prompts, params, desc="generate", **kwargs):
         if desc == "iteration 1 generations":
             seen.append(len(prompts))
             if len(seen) == 2:
                 raise KeyboardInterrupt
-        return real(self, prompts, params, desc)
+        return real(self, prompts, params, desc, **kwargs)
 
     monkeypatch.setattr(TransformersGenerator, "generate", dies_on_second_chunk)
     # generation.batch_size=4 makes 16-question chunks, so 32 questions take two.
@@ -211,8 +211,10 @@ def test_lora_run_saves_an_adapter_the_next_iteration_generates_with(tmp_path, t
 def test_plateau_stops_early():
     from selftaught.loop import plateaued
 
-    history = [{"accuracy": a} for a in (0.5, 0.6, 0.6, 0.55)]
+    history = [{"validation_accuracy": a} for a in (0.5, 0.6, 0.6, 0.55)]
     assert plateaued(history, patience=2, min_improvement=0.0)
     assert not plateaued(history[:3], patience=2, min_improvement=0.0)
     assert not plateaued(history, patience=0, min_improvement=0.0)
-    assert plateaued([{"accuracy": a} for a in (0.5, 0.52)], patience=1, min_improvement=0.05)
+    assert plateaued([{"validation_accuracy": a} for a in (0.5, 0.52)], patience=1, min_improvement=0.05)
+    # the held-out accuracy never decides: without validation there is no early stop
+    assert not plateaued([{"accuracy": a} for a in (0.5, 0.6, 0.6, 0.55)], patience=2, min_improvement=0.0)
