@@ -193,6 +193,7 @@ def selftaught_iteration(base: str, task: Task, train: list[Example], held_out: 
     model = timed("fine_tune", lambda: stages.fine_tune(1, base, dataset))
     metrics = timed("evaluate", lambda: stages.evaluate(1, model, held_out))
     stages.close()
+    store.close()  # its lock: one writer per run folder
     kept = sum(r["correct"] for r in rationales), sum(r["correct"] for r in rationalized)
     return {"seconds": sum(times.values()), "stages": times, "accuracy": metrics["accuracy"], "kept": kept}
 

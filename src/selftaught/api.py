@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from selftaught.config import ConfigError, RunConfig, from_dict, load_config
 from selftaught.store import RunStore, atomic_write
 from selftaught.tasks import DataError, Task, get_task
@@ -88,6 +90,9 @@ class STaR:
         callbacks: functions called with each iteration's metrics record (``iteration``,
             ``accuracy``, kept examples, ...) after it is evaluated; one returning True stops
             the run after that iteration.
+        exemplars: the few-shot worked examples for in-memory data, each a mapping with
+            ``question``, ``rationale`` and ``answer`` (and ``choices`` for multiple choice);
+            default: the ``custom`` task's generic ones. Yours, from your domain, serve better.
     """
 
     def __init__(
@@ -98,6 +103,7 @@ class STaR:
         test_data: Data | None = None,
         checker: Checker | None = None,
         callbacks: Sequence[Callback] = (),
+        exemplars: Data | None = None,
     ) -> None:
         self.config = STaRConfig.from_dict(config.to_dict())  # a copy, checked
         if (train_data is None) != (test_data is None):
@@ -109,6 +115,9 @@ class STaR:
         if checker is not None and self.data is None and self.config.task.name != "custom":
             raise ConfigError("checker= needs train_data/test_data or config.task.name='custom'")
         self.checker = checker
+        if exemplars is not None and self.data is None:
+            raise ConfigError("exemplars= goes with train_data/test_data (else: task.options.prompt_file)")
+        self.exemplars = None if exemplars is None else _rows(exemplars, "exemplars")
         self.callbacks = tuple(callbacks)
 
     def run(self, *, resume: bool = False, overwrite: bool = False) -> STaRResult:
@@ -153,6 +162,8 @@ class STaR:
         rows = self.data["train"] + self.data["test"]
         options = {k: v for k, v in config.task.options.items() if k in ("prompt_file", "checker")}
         options["data_files"] = {split: str(folder / f"{split}.jsonl") for split in ("train", "test")}
+        if self.exemplars is not None:
+            options["prompt_file"] = str(folder / "exemplars.yaml")
         if any(r.get("choices") for r in rows):
             options["choices_field"] = "choices"
         if all("id" in r for r in rows):
@@ -169,11 +180,15 @@ class STaR:
         folder.mkdir(parents=True, exist_ok=True)
         for split, rows in self.data.items():
             atomic_write(folder / f"{split}.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
+        if self.exemplars is not None:
+            atomic_write(folder / "exemplars.yaml", yaml.safe_dump(self.exemplars, sort_keys=False))
 
     def _task(self, config: RunConfig, data_folder: Path | None = None) -> Task:
         options = dict(config.task.options)
         if data_folder is not None:
             options["data_files"] = {s: str(data_folder / f"{s}.jsonl") for s in options["data_files"]}
+            if self.exemplars is not None:
+                options["prompt_file"] = str(data_folder / "exemplars.yaml")
         if self.checker is not None:  # built with a stand-in, then given the function itself
             options["checker"] = "letter" if options.get("choices_field") else "exact"
         try:
