@@ -102,7 +102,10 @@ def _untimed(d: dict) -> dict:
 
 def finished(run: Path) -> dict[str, tuple[int, int]]:
     """(inode, mtime) of every file of a finished stage: rewritten means recomputed."""
-    files = [p for p in run.glob("iteration-*/*.jsonl")]
+    # preference_pairs.jsonl is written by the filter before its marker, train.jsonl: until
+    # that marker exists the filter stage is unfinished and may be redone on resume.
+    files = [p for p in run.glob("iteration-*/*.jsonl")
+             if p.name != "preference_pairs.jsonl" or (p.parent / "train.jsonl").exists()]
     for train_json in run.glob("iteration-*/train.json"):
         files += [train_json, *(p for p in (train_json.parent / "checkpoint").rglob("*") if p.is_file())]
     return {str(p.relative_to(run)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in files + [run / "config.yaml"]}

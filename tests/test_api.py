@@ -36,8 +36,11 @@ def test_the_readme_example_runs_on_the_tiny_model(tmp_path, tiny_model, capsys)
     assert result.metrics == read_jsonl(result.run_dir / "metrics.jsonl")
     assert result.last_checkpoint == result.run_dir / f"iteration-0{len(result.metrics) - 1}" / "checkpoint"
     assert (result.last_checkpoint / "config.json").is_file()
-    best = max(m["accuracy"] for m in result.metrics)
-    assert result.metrics[result.selected_iteration]["accuracy"] == best
+    # selected on validation, never on the held-out split
+    best = max(m["validation_accuracy"] for m in result.metrics if m["iteration"] > 0)
+    assert result.selected_iteration > 0
+    assert result.metrics[result.selected_iteration]["validation_accuracy"] == best
+    assert result.selected_checkpoint == result.run_dir / f"iteration-0{result.selected_iteration}" / "checkpoint"
     # The in-memory data and the callable checker were the ones used.
     saved = read_jsonl(result.run_dir / "data" / "test.jsonl")
     assert [r["question"] for r in saved] == [namespace["test"][i]["question"] for i in range(20)]
@@ -54,7 +57,8 @@ def test_a_callback_stops_the_run(tmp_path, tiny_model):
     seen = []
     config = selftaught.STaRConfig.from_yaml(overrides=[
         f"model.name_or_path={tiny_model}", "model.dtype=float32", f"output_dir={tmp_path / 'run'}",
-        "task.train_size=24", "task.options.digits_max=1", "eval.size=8", "loop.iterations=3",
+        "task.train_size=24", "task.options.digits_max=1", "eval.size=8", "eval.validation_size=8",
+        "loop.iterations=3",
         "loop.patience=0", "generation.max_new_tokens=24", "training.start_steps=2",
         "training.batch_size=4", "training.micro_batch_size=4", "training.learning_rate=1e-3",
     ])
@@ -71,7 +75,7 @@ def test_bad_in_memory_data_is_refused_before_the_run_folder_exists(tmp_path):
                         test_data=[{"question": "c", "answer": "2"}])
     bad_choice = [{"question": "q", "answer": "Z", "choices": ["x", "y"]}]
     star = selftaught.STaR(config, train_data=bad_choice, test_data=bad_choice)
-    with pytest.raises(DataError, match=r"train_data\[0\]: field 'answer' is 'Z'"):
+    with pytest.raises(DataError, match=r"(train|test)_data\[0\]: field 'answer' is 'Z'"):
         star.run()
     assert not (tmp_path / "run").exists()
     with pytest.raises(ConfigError, match="train_data and test_data together"):

@@ -154,7 +154,8 @@ def test_partial_comparison_runs_only_the_missing_runs(comparison, tiny_model, t
     assert star[0] == (2, "generations") and star[-1] == (2, "eval")  # only the lost iteration
     assert all(n == 2 for n, _ in star)
     assert [(n, stage) for run, n, stage in calls["generate"] if run == "star-no-rationalization"] == [
-        (0, "eval"), (1, "generations"), (1, "eval"), (2, "generations"), (2, "eval")]
+        (0, "validation"), (0, "eval"), (1, "generations"), (1, "validation"), (1, "eval"),
+        (2, "generations"), (2, "validation"), (2, "eval")]
     assert {run for run, _, _ in calls["generate"]} == {"star", "star-no-rationalization"}
     assert any(s.startswith("direct-finetune: reusing finished run") for s in said)
     assert any(s.startswith("star: running") for s in said)

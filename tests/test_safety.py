@@ -78,7 +78,7 @@ def test_bad_data_is_found_before_the_run_folder_exists(tmp_path, tiny_model, ca
     train.write_text("".join(json.dumps(r) + "\n" for r in rows[:20]) + '{"question": "What is 9 + 9?"}\n')
     test.write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
     out = tmp_path / "run"
-    args = ["run", *tiny_overrides(tiny_model, out, "loop.iterations=1", "task.name=custom",
+    args = ["run", *tiny_overrides(tiny_model, out, "loop.iterations=1", "task.name=custom", "task.train_size=12",
                                    f"task.options.data_files={{train: {train}, test: {test}}}")]
     args.remove("task.options.digits_max=1")
     assert main(args) == 2

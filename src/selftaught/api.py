@@ -63,8 +63,8 @@ class STaRResult:
     metrics: list[dict[str, Any]]  # one record per iteration, 0 being the few-shot base model
     run_dir: Path
     last_checkpoint: Path | None  # M_N, the last iteration's model (None if no iteration ran)
-    selected_checkpoint: Path | None  # the best held-out accuracy's model (None: the base model)
-    selected_iteration: int  # its iteration (0: no fine-tuned model beat the base model)
+    selected_checkpoint: Path | None  # the fine-tuned model best on validation (None: none ran)
+    selected_iteration: int  # its iteration (0: no iteration ran)
 
     @property
     def accuracy(self) -> float:
@@ -246,7 +246,9 @@ def _import_path(fn: Callable) -> str:
 
 
 def _result(history: list[dict[str, Any]], root: Path) -> STaRResult:
-    best = max(history, key=lambda m: m["accuracy"])  # the earliest of equals
+    from selftaught.loop import selected
+
+    best = selected(history)  # on validation, never on the held-out split
     trained = [m for m in history if m["iteration"] > 0]
     return STaRResult(
         metrics=history, run_dir=root,
