@@ -85,7 +85,7 @@ class Stages:
                 "completion": self._completion(r),
             } for e in train for r in chosen.kept.get(e.id, [])]
             self._write_preference_pairs(n, train, chosen)
-            (self.store.iteration_dir(n) / "filter.json").write_text(json.dumps(chosen.stats(), indent=1))
+            atomic_write(self.store.iteration_dir(n) / "filter.json", json.dumps(chosen.stats(), indent=1))
             if not records:
                 raise NothingKeptError(
                     f"iteration {n}: no rationale reached the right answer for any of the "
@@ -211,7 +211,7 @@ class Stages:
             scores[f"{t:g}"] = sum(balance_score(correct[e.id], k, self.config.loop.balance_m)
                                    for e in probe) / len(probe)
         best = max(grid, key=lambda t: scores[f"{t:g}"])  # a tie goes to the first in the grid
-        path.write_text(json.dumps({"temperature": best, "balance_score": scores}, indent=1))
+        atomic_write(path, json.dumps({"temperature": best, "balance_score": scores}, indent=1))  # a marker
         self.say(f"iteration {n}: sampling at temperature {best:g} (balance score "
                  + ", ".join(f"{t}: {v:.3f}" for t, v in scores.items()) + ")")
 
