@@ -46,6 +46,14 @@ def test_invalid_configs_are_one_clear_error(override, message):
         load_config(overrides=[override])
 
 
+def test_micro_batch_defaults_to_each_process_share_of_the_step():
+    assert TrainingConfig().micro_batch_size == 8
+    assert TrainingConfig(num_processes=2).micro_batch_size == 4
+    assert TrainingConfig(num_processes=2, micro_batch_size=2).accumulation == 2
+    with pytest.raises(ConfigError, match=r"training.batch_size \(8\) does not split evenly over training.num_processes \(3\)"):
+        TrainingConfig(num_processes=3)
+
+
 def test_bad_yaml_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("loop: [unclosed\n")

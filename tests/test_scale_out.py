@@ -53,6 +53,9 @@ def test_two_processes_give_the_losses_of_one(random_model, tmp_path):
                              tmp_path / "two" / "checkpoint", tmp_path / "two")
     assert two.extra["processes"] == 2 and two.extra["distributed_type"] == "MULTI_CPU"
     assert one.extra["processes"] == 1
+    # every process's peak memory is on the record: one figure per process, each a real size
+    assert len(two.extra["peak_rss_mib"]) == 2 and len(one.extra["peak_rss_mib"]) == 1
+    assert all(50 < m < 24 * 1024 for m in two.extra["peak_rss_mib"] + one.extra["peak_rss_mib"])
     assert two.losses == pytest.approx(one.losses, rel=LOSS_RTOL)
     assert two.losses[-1] < two.losses[0]  # it trained
     assert two.tokens == one.tokens  # both halves of every step counted

@@ -214,9 +214,10 @@ class TrainingConfig:
     )
     warmup_steps: int = _help("Linear warm-up steps (the paper: 100).", default=10)
     batch_size: int = _help("Sequences per optimizer step (the paper: 8).", default=8)
-    micro_batch_size: int = _help(
-        "Sequences per forward pass; batch_size / micro_batch_size steps are accumulated.",
-        default=8,
+    micro_batch_size: int | None = _help(
+        "Sequences per forward pass on each process; batch_size / (micro_batch_size x "
+        "num_processes) passes are accumulated. None: batch_size / num_processes (no accumulation).",
+        default=None,
     )
     max_seq_len: int = _help("Longest training sequence in tokens; longer ones are an error.", default=1024)
     keep_fewshot_prompt: bool = _help(
@@ -268,6 +269,12 @@ class TrainingConfig:
         _choice("training.method", self.method, ("full", "lora"))
         _positive("training.num_processes", self.num_processes)
         _choice("training.launcher", self.launcher, ("accelerate", "torchrun"))
+        if self.micro_batch_size is None:
+            if self.batch_size % self.num_processes:
+                raise ConfigError(
+                    f"training.batch_size ({self.batch_size}) does not split evenly over "
+                    f"training.num_processes ({self.num_processes}); make it a multiple")
+            self.micro_batch_size = max(1, self.batch_size // self.num_processes)
         if self.num_processes > 1 and self.batch_size % (self.micro_batch_size * self.num_processes):
             raise ConfigError(
                 f"training.batch_size ({self.batch_size}) must equal training.micro_batch_size "

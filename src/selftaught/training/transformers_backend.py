@@ -19,6 +19,7 @@ FLOP utilisation are measured. Three things make it fast on a CPU:
 from __future__ import annotations
 
 import random
+import resource
 import time
 from pathlib import Path
 
@@ -142,6 +143,10 @@ class TransformersTrainer(Trainer):
         if world > 1:
             counts = accelerator.reduce(counts.to(device), "sum").cpu()
         tokens, loss_tokens, padding = (int(c) for c in counts.tolist())
+        # Peak resident memory of every process of the group (MiB), for the record.
+        peak_rss = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024], dtype=torch.float64)
+        if world > 1:
+            peak_rss = accelerator.gather(peak_rss.to(device)).cpu()
 
         if master:
             master.write_back()
@@ -153,7 +158,8 @@ class TransformersTrainer(Trainer):
                    **_utilisation(model, params, tokens, loss_tokens, seconds, bf16, device.type, world),
                    "loss_tokens": loss_tokens, "padding_tokens": padding,
                    "seconds_forward_backward": round(compute_s, 3),
-                   "seconds_optimizer": round(optimizer_s, 3)},
+                   "seconds_optimizer": round(optimizer_s, 3),
+                   "peak_rss_mib": [round(x) for x in peak_rss.tolist()]},
         )
 
     @staticmethod

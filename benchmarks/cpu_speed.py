@@ -1,0 +1,218 @@
+"""How close the CPU paths come to this machine's own limits, and to llama.cpp.
+
+    python benchmarks/cpu_speed.py                                   # (a) and (b), ~10 minutes on 2 cores
+    python benchmarks/cpu_speed.py --llama-cpp /path/to/llama.cpp/build/bin   # and (c)
+
+On the model and task of configs/default.yaml:
+
+(a) fine-tuning: our trainer on the default's short question + rationale sequences, 8 a step:
+    tokens/s, MFU (6·N·tokens/s) against the matmul peak measured here in the training
+    precision, the share of a step the optimizer takes, and the losses;
+(b) decoding: the shared-prefix generator in fp32 and in bf16, at batch 64, 128 and 256, on
+    the same held-out prompts, greedy: useful tokens/s (up to the stop string), the fraction of
+    the compute limit (2·N FLOPs a token over the same peak in that precision), and how many
+    outputs are the same in both precisions. Where the processor only emulates bf16 (no
+    AVX-512 BF16 / AMX), bf16 decodes a few prompts only: it is ~100x slower there;
+(c) llama.cpp (optional; skipped with the reason when no binary is given): the same checkpoint
+    converted to GGUF (f32 and bf16, conversion time reported) and the embedded Q4_1 GGUF, in
+    ``llama-batched-bench`` with a shared prompt of the few-shot prefix's length and 32 new
+    tokens a sequence, at the same batch sizes and 2 threads; our useful tokens/s as a ratio
+    to its decode tokens/s (which counts every generated token, useful or not: a bound in
+    its favour).
+
+Appends the table, with the date and the machine, to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import ROOT, Row, machine, markdown, useful_tokens  # noqa: E402  (benchmarks/run.py)
+
+from selftaught.config import load_config  # noqa: E402
+from selftaught.generation import SamplingParams, get_generator  # noqa: E402
+from selftaught.models import embedded_gguf, resolve_base_model  # noqa: E402
+from selftaught.tasks import get_task  # noqa: E402
+from selftaught.training import TrainExample, get_trainer  # noqa: E402
+from selftaught.training.flops import matmul_peak_tflops  # noqa: E402
+from selftaught.training.transformers_backend import _bf16_supported  # noqa: E402
+
+
+def training_examples(task, examples) -> list[TrainExample]:
+    """What a default iteration keeps: each question with a one-line rationale and its answer.
+
+    Built, not generated, so that (a) needs no decoding first; the shape is the kept
+    rationales' (e.g. ``Q: What is 84 + 73?\\nA:`` + `` 84 + 73 = 157. The answer is 157.``).
+    """
+    return [TrainExample(task.format_question(e),
+                         task.format_answer(f"{e.question} = {e.answer}.", e.answer) + task.stop[0])
+            for e in examples]
+
+
+def bench_training(base: str, config, examples: list[TrainExample], steps: int, work: Path) -> list[Row]:
+    result = get_trainer(config.training, config.seed).train(base, examples, steps, work / "ft")
+    x = result.extra
+    step_s = result.seconds / steps
+    optimizer = x["seconds_optimizer"] / result.seconds
+    precision = "bf16" if x["bf16"] else "fp32"
+    losses = ", ".join(f"{v:.4f}" for v in result.losses)
+    return [
+        Row("fine-tuning", f"our trainer, {steps} steps of {config.training.batch_size} sequences",
+            result.tokens / result.seconds, "tokens/s",
+            f"{step_s:.2f} s a step, {result.tokens / steps:.0f} tokens a step; precision {precision}"),
+        Row("fine-tuning", f"MFU against the measured {precision} matmul peak", x["mfu"], "fraction",
+            f"peak {x['peak_tflops'] * 1000:.0f} GFLOP/s; FLOPs really run "
+            f"(output layer on loss positions only): {x['hardware_flop_utilisation']:.1%}"),
+        Row("fine-tuning", "optimizer share of a step", optimizer, "fraction",
+            f"optimizer {x['seconds_optimizer'] / steps:.3f} s a step, forward+backward "
+            f"{x['seconds_forward_backward'] / steps:.3f} s; losses {losses}"),
+    ]
+
+
+def bench_decoding(base: str, config, task, held_out, batches: list[int]) -> list[Row]:
+    g = config.generation
+    stop = tuple(g.stop or task.stop)
+    prompts = [task.prompt(e) for e in held_out]
+    params = SamplingParams(max_new_tokens=g.max_new_tokens, stop=stop)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    native_bf16 = _bf16_supported("cpu")
+    rows, outputs = [], {}
+    for dtype in ("float32", "bfloat16"):
+        peak = matmul_peak_tflops(getattr(torch, dtype), "cpu")
+        # Emulated bf16 (~100x slower): a few prompts at the smallest batch, to have a measured figure.
+        sizes = batches if dtype == "float32" or native_bf16 else batches[:1]
+        model_config = config.model.__class__(**{**config.model.__dict__, "dtype": dtype})
+        for b in sizes:
+            n = len(prompts) if dtype == "float32" or native_bf16 else min(len(prompts), 8)
+            gen_config = g.__class__(**{**g.__dict__, "batch_size": b})
+            generator = get_generator(base, model_config, gen_config)
+            n_params = sum(p.numel() for p in generator.model.parameters())
+            generator.generate(prompts[:2], params, desc="warm-up")
+            start = time.perf_counter()
+            texts = [c[0].text for c in generator.generate(prompts[:n], params, desc=f"{dtype} batch {b}")]
+            seconds = time.perf_counter() - start
+            generator.close()
+            tps = useful_tokens(tokenizer, texts) / seconds
+            outputs.setdefault(dtype, {})[b] = texts
+            same = ""
+            if dtype == "bfloat16":
+                fp32 = outputs["float32"][batches[0]][:n]
+                same = f"; {sum(a == c for a, c in zip(texts, fp32))}/{n} outputs identical to fp32"
+            rows.append(Row("decoding", f"shared-prefix generator, {dtype}, batch {b}, {n} prompts", tps,
+                            "tokens/s", f"{seconds:.1f} s; {2 * n_params * tps / (peak * 1e12):.1%} of the "
+                            f"compute limit (2·N FLOPs a useful token over the {dtype} peak of "
+                            f"{peak * 1000:.0f} GFLOP/s){same}"))
+        if dtype == "float32":
+            same_b = [sum(a == c for a, c in zip(outputs[dtype][b], outputs[dtype][batches[0]])) for b in sizes]
+            rows[-1].note += f"; outputs identical across batch sizes: {same_b} of {len(prompts)}"
+    if not native_bf16:
+        rows[-1].note += "; this processor has no AVX-512 BF16: bf16 is emulated"
+    return rows
+
+
+def bench_llama_cpp(bin_dir: Path, base: str, batches: list[int], prefix_tokens: int, ours: dict[int, float],
+                    work: Path) -> list[Row]:
+    bench = bin_dir / "llama-batched-bench"
+    convert = _convert_script(bin_dir)
+    rows = []
+    models = {}
+    for outtype in ("f32", "bf16"):
+        out = work / f"model-{outtype}.gguf"
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(convert), base, "--outtype", outtype, "--outfile", str(out)],
+                       check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(convert.parent / "gguf-py")})
+        models[outtype] = (out, time.perf_counter() - start)
+    models["q4_1 (the embedded GGUF)"] = (embedded_gguf(), 0.0)
+    ctx = prefix_tokens + max(batches) * 32 + 64
+    for name, (path, convert_s) in models.items():
+        p = subprocess.run([str(bench), "-m", str(path), "-c", str(ctx), "-b", "2048", "-ub", "512",
+                            "-npp", str(prefix_tokens), "-ntg", "32", "-npl", ",".join(map(str, batches)),
+                            "-pps", "-t", str(torch.get_num_threads()), "--output-format", "jsonl"],
+                           check=True, capture_output=True, text=True)
+        for line in p.stdout.splitlines():
+            if not line.startswith("{"):
+                continue
+            r = json.loads(line)
+            b, tg = r["pl"], r["speed_tg"]
+            note = f"conversion {convert_s:.0f} s; " if convert_s else ""
+            rows.append(Row("llama.cpp", f"llama-batched-bench, {name}, batch {b}", tg, "tokens/s",
+                            note + f"decode of {r['n_tg']} tokens a sequence after a shared {r['n_pp']}-token prompt"))
+            if b in ours:
+                rows.append(Row("llama.cpp", f"ours (fp32) / llama.cpp {name}, batch {b}", ours[b] / tg, "x"))
+    return rows
+
+
+def _convert_script(bin_dir: Path) -> Path:
+    """llama.cpp's convert_hf_to_gguf.py, from the source tree the binaries were built in."""
+    for folder in [bin_dir, *bin_dir.parents]:
+        if (folder / "convert_hf_to_gguf.py").exists():
+            return folder / "convert_hf_to_gguf.py"
+    raise SystemExit(f"--llama-cpp {bin_dir}: no convert_hf_to_gguf.py above it (give the build's bin folder)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument("--train-steps", type=int, default=12)
+    parser.add_argument("--prompts", type=int, default=256, help="held-out prompts decoded in (b)")
+    parser.add_argument("--batches", default="64,128,256")
+    parser.add_argument("--llama-cpp", type=Path, help="folder with llama.cpp's llama-batched-bench")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: training,decoding")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    if args.llama_cpp and not (args.llama_cpp / "llama-batched-bench").exists():
+        raise SystemExit(f"--llama-cpp {args.llama_cpp}: no llama-batched-bench there")
+    skip = set(filter(None, args.skip.split(",")))
+    batches = [int(b) for b in args.batches.split(",")]
+
+    config = load_config(str(ROOT / "configs" / "default.yaml"), args.overrides)
+    task = get_task(config.task.name, config.task.options)
+    train = task.load("train", config.task.train_size, config.seed)
+    held_out = task.load(config.eval.split, max(args.prompts, 1), config.seed)
+    base = resolve_base_model(config.model)
+    started = time.perf_counter()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="selftaught-cpu-") as tmp:
+        if "training" not in skip:
+            print("(a) fine-tuning ...", file=sys.stderr)
+            rows += bench_training(base, config, training_examples(task, train), args.train_steps, Path(tmp))
+        ours = {}
+        if "decoding" not in skip:
+            print("(b) decoding ...", file=sys.stderr)
+            decoding = bench_decoding(base, config, task, held_out, batches)
+            rows += decoding
+            ours = {int(re.search(r"batch (\d+)", r.what)[1]): r.value for r in decoding if "float32" in r.what}
+        if args.llama_cpp:
+            print("(c) llama.cpp ...", file=sys.stderr)
+            prefix = len(AutoTokenizer.from_pretrained(base)(task.fewshot_prompt(), add_special_tokens=False)["input_ids"])
+            rows += bench_llama_cpp(args.llama_cpp, base, batches, prefix, ours, Path(tmp))
+        else:
+            print("(c) llama.cpp: skipped (no --llama-cpp folder given)", file=sys.stderr)
+
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = (f"## {when}: CPU speed (benchmarks/cpu_speed.py)\n\nMachine: {machine()}.\n"
+              f"Model `{config.model.name_or_path}`, task `{config.task.name}`; whole benchmark "
+              f"{time.perf_counter() - started:.0f} s.")
+    text = markdown(rows, header)
+    print(text)
+    with Path(args.results).open("a") as f:
+        f.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
