@@ -15,7 +15,7 @@ On the model and task of configs/default.yaml:
     AVX-512 BF16 / AMX), bf16 decodes a few prompts only: it is ~100x slower there;
 (c) llama.cpp (optional; skipped with the reason when no binary is given): the same checkpoint
     converted to GGUF (f32 and bf16, conversion time reported) and the embedded Q4_1 GGUF, in
-    ``llama-batched-bench`` with a shared prompt of the few-shot prefix's length and 32 new
+    ``llama-batched-bench`` (its converter needs ``pip install sentencepiece``) with a shared prompt of the few-shot prefix's length and 32 new
     tokens a sequence, at the same batch sizes and 2 threads; our useful tokens/s as a ratio
     to its decode tokens/s (which counts every generated token, useful or not: a bound in
     its favour).
@@ -133,7 +133,9 @@ def bench_llama_cpp(bin_dir: Path, base: str, batches: list[int], prefix_tokens:
         out = work / f"model-{outtype}.gguf"
         start = time.perf_counter()
         subprocess.run([sys.executable, str(convert), base, "--outtype", outtype, "--outfile", str(out)],
-                       check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(convert.parent / "gguf-py")})
+                       check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+                           str(convert.parent / "gguf-py"), os.environ.get("PYTHONPATH")]))})
         models[outtype] = (out, time.perf_counter() - start)
     models["q4_1 (the embedded GGUF)"] = (embedded_gguf(), 0.0)
     ctx = prefix_tokens + max(batches) * 32 + 64
@@ -149,7 +151,7 @@ def bench_llama_cpp(bin_dir: Path, base: str, batches: list[int], prefix_tokens:
             b, tg = r["pl"], r["speed_tg"]
             note = f"conversion {convert_s:.0f} s; " if convert_s else ""
             rows.append(Row("llama.cpp", f"llama-batched-bench, {name}, batch {b}", tg, "tokens/s",
-                            note + f"decode of {r['n_tg']} tokens a sequence after a shared {r['n_pp']}-token prompt"))
+                            note + f"decode of {r['tg']} tokens a sequence after a shared {r['pp']}-token prompt"))
             if b in ours:
                 rows.append(Row("llama.cpp", f"ours (fp32) / llama.cpp {name}, batch {b}", ours[b] / tg, "x"))
     return rows

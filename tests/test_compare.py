@@ -181,3 +181,26 @@ def test_run_configs_differ_only_in_method_and_rationalization(tiny_model, tmp_p
     assert dicts["star"] == dicts["star-no-rationalization"] == dicts["direct-finetune"]
     assert configs["star"].loop.rationalize and not configs["star-no-rationalization"].loop.rationalize
     assert configs["direct-finetune"].method == "direct_finetune"
+
+
+def test_self_consistency_columns_come_from_the_selected_iteration(comparison, tmp_path):
+    """With eval.samples = k the table shows maj@k and pass@k of the iteration it reports."""
+    from selftaught.compare import markdown, table
+
+    out = tmp_path / "cmp"
+    shutil.copytree(comparison, out)
+    for run in ("star", "star-no-rationalization", "direct-finetune"):
+        path = out / run / "metrics.jsonl"
+        records = [{**m, "eval_samples": 4, "maj_at_k": 0.1 + m["iteration"] / 10,
+                    "pass_at_k": 0.5 + m["iteration"] / 10} for m in read_jsonl(path)]
+        path.write_text("".join(json.dumps(m) + "\n" for m in records))
+    rows = {r.method: r for r in table(out)}
+    star = metrics(out / "star")
+    chosen = star[max(star)]["selected_iteration"]
+    assert rows["STaR"].maj_at_k == pytest.approx(0.1 + chosen / 10)
+    assert rows["STaR"].pass_at_k == pytest.approx(0.5 + chosen / 10)
+    assert rows["Few-shot CoT"].maj_at_k == pytest.approx(0.1) and rows["STaR"].eval_samples == 4
+    md = markdown(list(rows.values()))
+    assert "| maj@4 | pass@4 |" in md and f"| {0.1 + chosen / 10:.1%} | {0.5 + chosen / 10:.1%} |" in md
+    # without sampled evaluation the columns are absent
+    assert "maj@" not in (comparison / "comparison.md").read_text()

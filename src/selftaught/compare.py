@@ -74,6 +74,10 @@ class Row:
     only_star: int | None = None  # questions STaR gets right and this row wrong (all seeds)
     only_this: int | None = None  # ...and the other way round
     p_value: float | None = None  # McNemar's exact test of the margin
+    # eval.samples = k > 1: self-consistency of the same iteration, mean over seeds (0-1)
+    eval_samples: int | None = None
+    maj_at_k: float | None = None  # majority vote of k sampled answers
+    pass_at_k: float | None = None  # at least one of k right (unbiased estimator)
 
 
 def run_configs(config: RunConfig, root: Path) -> dict[str, RunConfig]:
@@ -179,6 +183,10 @@ def table(root: Path, seeds: list[int] | None = None) -> list[Row]:
             seeds=[s for s in folders if s is not None] or None,
             per_seed=[p.metrics["accuracy"] for p in mine],
         )
+        if all("maj_at_k" in p.metrics for p in mine):
+            row.eval_samples = first["eval_samples"]
+            row.maj_at_k = mean_std([p.metrics["maj_at_k"] for p in mine])[0]
+            row.pass_at_k = mean_std([p.metrics["pass_at_k"] for p in mine])[0]
         if i != star:
             stars = [picks[seed][star] for seed in folders]
             row.margin = mean_std([a.metrics["accuracy"] - b.metrics["accuracy"] for a, b in zip(stars, mine)])[0]
@@ -235,16 +243,20 @@ def write_table(rows: list[Row], root: Path) -> None:
 
 def markdown(rows: list[Row]) -> str:
     seeds = rows[0].seeds if rows else None
+    k = next((r.eval_samples for r in rows if r.eval_samples), None)
     lines = [
         f"Held-out accuracy of the iteration selected on validation, mean ± sd over "
         f"{len(seeds) if seeds else 1} seed{'s' if seeds and len(seeds) > 1 else ''}"
         f"{' (' + ', '.join(map(str, seeds)) + ')' if seeds else ''}, with its 95% bootstrap "
         "interval over the held-out questions; the margin below STaR on the same questions, with "
-        "McNemar's exact p-value.",
+        "McNemar's exact p-value." + (f" maj@{k} and pass@{k}: {k} answers sampled per question "
+                                      "(eval.samples), same iteration." if k else ""),
         "",
         "| method | held-out accuracy (selected) | 95% interval | last iteration | STaR − this | p (McNemar) "
-        "| train data used | iteration | fine-tune steps | wall time | run |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        + (f"| maj@{k} | pass@{k} " if k else "")
+        + "| train data used | iteration | fine-tune steps | wall time | run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | " + ("---: | ---: | " if k else "")
+        + "---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         spread = f" ± {100 * r.std:.1f}" if r.std is not None else ""
@@ -252,9 +264,10 @@ def markdown(rows: list[Row]) -> str:
         last = f"{r.last_accuracy:.1%}" if r.last_accuracy is not None else "-"
         margin = (f"{100 * r.margin:+.1f} pts ({r.only_star} vs {r.only_this})" if r.margin is not None else "-")
         p = f"{r.p_value:.3g}" if r.p_value is not None else "-"
+        sampled = "".join(f"{v:.1%} | " if v is not None else "- | " for v in (r.maj_at_k, r.pass_at_k)) if k else ""
         lines.append(
             f"| {r.method} | {100 * r.accuracy:.1f}%{spread} ({r.correct}/{r.held_out}) | {interval} | "
-            f"{last} | {margin} | {p} | {r.train_used:.1f}% | "
+            f"{last} | {margin} | {p} | {sampled}{r.train_used:.1f}% | "
             f"{r.iterations} | {r.steps if r.steps is not None else '-'} | "
             f"{duration(r.wall_seconds)} | {r.run} |"
         )
@@ -262,7 +275,7 @@ def markdown(rows: list[Row]) -> str:
 
 
 CSV_FIELDS = ["method", "accuracy", "std", "ci_low", "ci_high", "last_accuracy", "margin", "only_star",
-              "only_this", "p_value", "correct", "held_out", "train_used_percent", "iterations", "steps",
+              "only_this", "p_value", "eval_samples", "maj_at_k", "pass_at_k", "correct", "held_out", "train_used_percent", "iterations", "steps",
               "wall_seconds", "seeds", "per_seed", "run"]
 
 
@@ -274,7 +287,7 @@ def to_csv(rows: list[Row]) -> str:
     for r in rows:
         writer.writerow([r.method, repr(r.accuracy), blank(r.std), blank(r.ci_low), blank(r.ci_high),
                          blank(r.last_accuracy), blank(r.margin), blank(r.only_star), blank(r.only_this),
-                         blank(r.p_value), r.correct, r.held_out, repr(r.train_used), r.iterations,
+                         blank(r.p_value), blank(r.eval_samples), blank(r.maj_at_k), blank(r.pass_at_k), r.correct, r.held_out, repr(r.train_used), r.iterations,
                          "" if r.steps is None else r.steps, r.wall_seconds,
                          " ".join(map(str, r.seeds or [])), " ".join(repr(a) for a in r.per_seed or []), r.run])
     return buf.getvalue()
