@@ -12,7 +12,8 @@ On the model and task of configs/default.yaml:
     the same held-out prompts, greedy: useful tokens/s (up to the stop string), the fraction of
     the compute limit (2·N FLOPs a token over the same peak in that precision), and how many
     outputs are the same in both precisions. Where the processor only emulates bf16 (no
-    AVX-512 BF16 / AMX), bf16 decodes a few prompts only: it is ~100x slower there;
+    AVX-512 BF16 / AMX), bf16 decodes one batch at the smallest size only (its matmuls are
+    emulated: ~100x slower than fp32 on large squares, ~5x on decode-sized products);
 (c) llama.cpp (optional; skipped with the reason when no binary is given): the same checkpoint
     converted to GGUF (f32 and bf16, conversion time reported) and the embedded Q4_1 GGUF, in
     ``llama-batched-bench`` (its converter needs ``pip install sentencepiece``) with a shared prompt of the few-shot prefix's length and 32 new
@@ -91,12 +92,14 @@ def bench_decoding(base: str, config, task, held_out, batches: list[int]) -> lis
     native_bf16 = _bf16_supported("cpu")
     rows, outputs = [], {}
     for dtype in ("float32", "bfloat16"):
-        peak = matmul_peak_tflops(getattr(torch, dtype), "cpu")
-        # Emulated bf16 (~100x slower): a few prompts at the smallest batch, to have a measured figure.
-        sizes = batches if dtype == "float32" or native_bf16 else batches[:1]
+        native = dtype == "float32" or native_bf16
+        # An emulated precision has no peak of its own to measure decoding against.
+        peak = matmul_peak_tflops(getattr(torch, dtype), "cpu") if native else None
+        # Emulated bf16: one batch at the smallest size, to have a measured figure.
+        sizes = batches if native else batches[:1]
         model_config = config.model.__class__(**{**config.model.__dict__, "dtype": dtype})
         for b in sizes:
-            n = len(prompts) if dtype == "float32" or native_bf16 else min(len(prompts), 8)
+            n = len(prompts) if native else min(len(prompts), b)
             gen_config = g.__class__(**{**g.__dict__, "batch_size": b})
             generator = get_generator(base, model_config, gen_config)
             n_params = sum(p.numel() for p in generator.model.parameters())
@@ -111,15 +114,14 @@ def bench_decoding(base: str, config, task, held_out, batches: list[int]) -> lis
             if dtype == "bfloat16":
                 fp32 = outputs["float32"][batches[0]][:n]
                 same = f"; {sum(a == c for a, c in zip(texts, fp32))}/{n} outputs identical to fp32"
+            limit = (f"{2 * n_params * tps / (peak * 1e12):.1%} of the compute limit (2·N FLOPs a "
+                     f"useful token over the {dtype} peak of {peak * 1000:.0f} GFLOP/s)") if peak else \
+                "bf16 is emulated on this processor (no AVX-512 BF16)"
             rows.append(Row("decoding", f"shared-prefix generator, {dtype}, batch {b}, {n} prompts", tps,
-                            "tokens/s", f"{seconds:.1f} s; {2 * n_params * tps / (peak * 1e12):.1%} of the "
-                            f"compute limit (2·N FLOPs a useful token over the {dtype} peak of "
-                            f"{peak * 1000:.0f} GFLOP/s){same}"))
+                            "tokens/s", f"{seconds:.1f} s; {limit}{same}"))
         if dtype == "float32":
             same_b = [sum(a == c for a, c in zip(outputs[dtype][b], outputs[dtype][batches[0]])) for b in sizes]
             rows[-1].note += f"; outputs identical across batch sizes: {same_b} of {len(prompts)}"
-    if not native_bf16:
-        rows[-1].note += "; this processor has no AVX-512 BF16: bf16 is emulated"
     return rows
 
 

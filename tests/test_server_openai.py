@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from selftaught.config import GenerationConfig, ModelConfig, from_dict
+from selftaught.config import ConfigError, GenerationConfig, ModelConfig, from_dict
 from selftaught.generation import SamplingParams, get_generator
 from selftaught.generation.openai_server import ServerRequestError, ServerUnavailableError
 from selftaught.tasks import get_task
@@ -263,6 +263,32 @@ def test_server_command_starts_and_stops_a_server_per_model(tiny_model):
     assert process.poll() is not None  # stopped
 
 
+def test_server_command_with_gguf_converts_each_checkpoint_first(tiny_model, tmp_path):
+    """{gguf}: the checkpoint goes through gguf_converter (a stand-in here: llama.cpp's takes the
+    same arguments) and the server gets the file; the file is gone once the generator closes."""
+    converter = tmp_path / "convert_hf_to_gguf.py"
+    converter.write_text(
+        "import argparse, pathlib\n"
+        "p = argparse.ArgumentParser(); p.add_argument('model'); p.add_argument('--outtype');"
+        " p.add_argument('--outfile')\n"
+        "a = p.parse_args(); pathlib.Path(a.outfile).write_text(a.outtype + ' ' + a.model)\n")
+    command = f"{sys.executable} {__file__} --gguf {{gguf}} --port {{port}}"
+    g = get_generator(tiny_model, ModelConfig(), _config(
+        "http://127.0.0.1:1/v1", server_command=command, timeout=30, gguf_converter=str(converter), gguf_type="bf16"))
+    gguf = Path(g.processes[0].args[g.processes[0].args.index("--gguf") + 1])
+    assert gguf.read_text() == f"bf16 {tiny_model}" and gguf.name == "model-bf16.gguf"
+    (c,), = g.generate(_prompts(1), GREEDY)
+    assert c.tokens > 0
+    g.close()
+    assert not gguf.exists()
+    converter.write_text("raise SystemExit('no such architecture')\n")
+    with pytest.raises(ServerUnavailableError, match="could not convert .* no such architecture"):
+        get_generator(tiny_model, ModelConfig(), _config(
+            "http://127.0.0.1:1/v1", server_command=command, timeout=30, gguf_converter=str(converter)))
+    with pytest.raises(ConfigError, match="set generation.openai.gguf_converter"):
+        _config("http://127.0.0.1:1/v1", server_command=command)
+
+
 def test_failing_server_command_is_a_clear_error(tiny_model):
     with pytest.raises(ServerUnavailableError, match="exited with status"):
         get_generator(tiny_model, ModelConfig(),
@@ -285,7 +311,9 @@ class _closed_port:
 
 if __name__ == "__main__":  # a standalone server, for generation.openai.server_command
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model")
+    parser.add_argument("--gguf", help="a stand-in GGUF: 'TYPE MODEL_PATH', as the stand-in converter writes")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    CompletionsServer(args.model, args.port).serve_forever()
+    model = args.model or Path(args.gguf).read_text().split(" ", 1)[1]  # served by its path, as --alias does
+    CompletionsServer(model, args.port).serve_forever()

@@ -23,6 +23,8 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -66,6 +68,14 @@ class OpenAIOptions:
         default=None,
     )
     servers: int = option("Servers server_command starts, one per GPU.", default=1)
+    gguf_converter: str | None = option(
+        "llama.cpp's convert_hf_to_gguf.py (from its source tree; it needs `pip install gguf "
+        "sentencepiece`), run on each checkpoint when server_command has {gguf}, e.g. "
+        "'llama-server -m {gguf} --alias {model} --port {port} -np 64 -c 32768'; the conversion "
+        "is part of the stage's time.",
+        default=None,
+    )
+    gguf_type: str = option("Weights of the converted GGUF: f32, bf16, f16 or q8_0.", default="f32")
     concurrency: int = option("Requests in flight at once, over all servers.", default=32)
     retries: int = option("Retries of a request after a time-out, 429 or 5xx.", default=4)
     timeout: float = option(
@@ -84,6 +94,15 @@ class OpenAIOptions:
             raise ConfigError(f"generation.openai.retries must be >= 0, got {self.retries}")
         if not self.timeout > 0:
             raise ConfigError(f"generation.openai.timeout must be > 0 seconds, got {self.timeout}")
+        if self.gguf_type not in ("f32", "bf16", "f16", "q8_0"):
+            raise ConfigError(f"generation.openai.gguf_type must be one of f32, bf16, f16, q8_0; got {self.gguf_type!r}")
+        if self.server_command and "{gguf}" in self.server_command:
+            if not self.gguf_converter:
+                raise ConfigError(
+                    "generation.openai.server_command has {gguf}: set generation.openai.gguf_converter to "
+                    "llama.cpp's convert_hf_to_gguf.py (in its source tree)")
+            if not Path(self.gguf_converter).expanduser().is_file():
+                raise ConfigError(f"generation.openai.gguf_converter: file not found: {self.gguf_converter}")
 
 
 @register
@@ -101,6 +120,7 @@ class OpenAIServerGenerator(Generator):
         self.processes: list[subprocess.Popen] = []
         self.served = model_path  # the model name requests ask for
         self.adapter: str | None = None
+        self._gguf_dir: tempfile.TemporaryDirectory | None = None
         adapter = (Path(model_path) / "adapter_config.json").is_file()
         try:
             if o.server_command:
@@ -156,6 +176,9 @@ class OpenAIServerGenerator(Generator):
                     except (ServerUnavailableError, ServerRequestError):
                         pass  # a server that went away has nothing to unload
             self.adapter = None
+        if self._gguf_dir is not None:
+            self._gguf_dir.cleanup()
+            self._gguf_dir = None
         for process in self.processes:
             process.terminate()
         for process in self.processes:
@@ -279,12 +302,13 @@ class OpenAIServerGenerator(Generator):
     # --- servers of our own, per checkpoint ------------------------------------------------------
     def _start_servers(self, command: str, model: str) -> None:
         self.served = model
+        gguf = self._convert_to_gguf(model) if "{gguf}" in command else ""
         host = urllib.parse.urlsplit(self.url)
         urls = []
         for gpu in range(self.options.servers):
             port = _free_port() if "{port}" in command else (host.port or 80)
             url = urllib.parse.urlunsplit(host._replace(netloc=f"{host.hostname}:{port}")).rstrip("/")
-            argv = [a.format(model=model, port=port, gpu=gpu) for a in shlex.split(command)]
+            argv = [a.format(model=model, port=port, gpu=gpu, gguf=gguf) for a in shlex.split(command)]
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)} if self.options.servers > 1 else None
             try:
                 self.processes.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env))
@@ -314,6 +338,26 @@ class OpenAIServerGenerator(Generator):
             self.close()
             raise ServerUnavailableError(f"the server started by generation.openai.server_command did not "
                                          f"answer at {waiting[0][0][0]} within {10 * self.options.timeout:.0f} s")
+
+
+    def _convert_to_gguf(self, model: str) -> str:
+        """The checkpoint as one GGUF file, for llama.cpp's server, in a folder removed on close.
+
+        llama.cpp's own converter rather than one of ours: it knows every architecture
+        llama.cpp runs and writes the tokenizer the way llama-server reads it."""
+        o = self.options
+        self._gguf_dir = tempfile.TemporaryDirectory(prefix="selftaught-gguf-")
+        out = Path(self._gguf_dir.name) / f"model-{o.gguf_type}.gguf"
+        converter = Path(o.gguf_converter).expanduser()
+        # The converter imports gguf-py from its own source tree when no gguf package is installed.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+            str(converter.parent / "gguf-py"), os.environ.get("PYTHONPATH")]))}
+        p = subprocess.run([sys.executable, str(converter), model, "--outtype", o.gguf_type, "--outfile", str(out)],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
+        if p.returncode != 0 or not out.is_file():
+            tail = " ".join(p.stderr.strip().splitlines()[-1:]) or f"exit status {p.returncode}"
+            raise ServerUnavailableError(f"generation.openai.gguf_converter could not convert {model} to GGUF: {tail}")
+        return str(out)
 
 
 class _ServerDown(Exception):
