@@ -38,3 +38,28 @@ def test_benchmark_writes_every_ratio(tiny_model, tmp_path, capsys):
     ratios = [float(m) for m in re.findall(r"speed-up[^|]*\| ([\d.,]+) x", first)]
     assert len(ratios) == 5 and all(r > 0 for r in ratios)
     assert "iteration" not in text.split("\n## ")[2].split("| section")[1].replace("one STaR iteration", "")
+
+
+def test_cpu_speed_measures_training_and_both_precisions(tiny_model, tmp_path):
+    """benchmarks/cpu_speed.py on the tiny model: (a) and (b) measured, (c) refused without a binary."""
+    import pytest
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("cpu_speed", ROOT / "benchmarks" / "cpu_speed.py")
+    cpu_speed = importlib.util.module_from_spec(spec)
+    sys.modules["cpu_speed"] = cpu_speed
+    spec.loader.exec_module(cpu_speed)
+    results = tmp_path / "RESULTS.md"
+    argv = [f"model.name_or_path={tiny_model}", "task.options.digits_max=1", "task.train_size=16",
+            "generation.max_new_tokens=16", "--train-steps", "2", "--prompts", "8", "--batches", "4,8",
+            "--results", str(results)]
+    assert cpu_speed.main(argv) == 0
+    text = results.read_text()
+    for what in ["our trainer, 2 steps of 8 sequences", "MFU against the measured", "optimizer share of a step",
+                 "float32, batch 4, 8 prompts", "float32, batch 8, 8 prompts", "bfloat16, batch 4",
+                 "outputs identical across batch sizes", "outputs identical to fp32"]:
+        assert what in text, what
+    speeds = [float(m.replace(",", "")) for m in re.findall(r"\| ([\d.,]+) tokens/s \|", text)]
+    assert len(speeds) >= 4 and all(v > 0 for v in speeds)
+    with pytest.raises(SystemExit, match="no llama-batched-bench there"):
+        cpu_speed.main(argv + ["--llama-cpp", str(tmp_path)])
