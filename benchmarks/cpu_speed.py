@@ -27,9 +27,9 @@ Appends the table, with the date and the machine, to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
-import os
 import re
 import subprocess
 import sys
@@ -45,6 +45,7 @@ from run import ROOT, Row, machine, markdown, useful_tokens  # noqa: E402  (benc
 
 from selftaught.config import load_config  # noqa: E402
 from selftaught.generation import SamplingParams, get_generator  # noqa: E402
+from selftaught.generation.openai_server import convert_to_gguf  # noqa: E402
 from selftaught.models import embedded_gguf, resolve_base_model  # noqa: E402
 from selftaught.tasks import get_task  # noqa: E402
 from selftaught.training import TrainExample, get_trainer  # noqa: E402
@@ -97,17 +98,15 @@ def bench_decoding(base: str, config, task, held_out, batches: list[int]) -> lis
         peak = matmul_peak_tflops(getattr(torch, dtype), "cpu") if native else None
         # Emulated bf16: one batch at the smallest size, to have a measured figure.
         sizes = batches if native else batches[:1]
-        model_config = config.model.__class__(**{**config.model.__dict__, "dtype": dtype})
+        generator = get_generator(base, dataclasses.replace(config.model, dtype=dtype), g)
+        n_params = sum(p.numel() for p in generator.model.parameters())
+        generator.generate(prompts[:2], params, desc="warm-up")
         for b in sizes:
             n = len(prompts) if native else min(len(prompts), b)
-            gen_config = g.__class__(**{**g.__dict__, "batch_size": b})
-            generator = get_generator(base, model_config, gen_config)
-            n_params = sum(p.numel() for p in generator.model.parameters())
-            generator.generate(prompts[:2], params, desc="warm-up")
+            generator.config = dataclasses.replace(g, batch_size=b)  # read at every generate call
             start = time.perf_counter()
             texts = [c[0].text for c in generator.generate(prompts[:n], params, desc=f"{dtype} batch {b}")]
             seconds = time.perf_counter() - start
-            generator.close()
             tps = useful_tokens(tokenizer, texts) / seconds
             outputs.setdefault(dtype, {})[b] = texts
             same = ""
@@ -119,6 +118,7 @@ def bench_decoding(base: str, config, task, held_out, batches: list[int]) -> lis
                 "bf16 is emulated on this processor (no AVX-512 BF16)"
             rows.append(Row("decoding", f"shared-prefix generator, {dtype}, batch {b}, {n} prompts", tps,
                             "tokens/s", f"{seconds:.1f} s; {limit}{same}"))
+        generator.close()
         if dtype == "float32":
             same_b = [sum(a == c for a, c in zip(outputs[dtype][b], outputs[dtype][batches[0]])) for b in sizes]
             rows[-1].note += f"; outputs identical across batch sizes: {same_b} of {len(prompts)}"
@@ -134,10 +134,7 @@ def bench_llama_cpp(bin_dir: Path, base: str, batches: list[int], prefix_tokens:
     for outtype in ("f32", "bf16"):
         out = work / f"model-{outtype}.gguf"
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(convert), base, "--outtype", outtype, "--outfile", str(out)],
-                       check=True, capture_output=True,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-                           str(convert.parent / "gguf-py"), os.environ.get("PYTHONPATH")]))})
+        convert_to_gguf(base, str(convert), outtype, out)
         models[outtype] = (out, time.perf_counter() - start)
     models["q4_1 (the embedded GGUF)"] = (embedded_gguf(), 0.0)
     ctx = prefix_tokens + max(batches) * 32 + 64

@@ -137,8 +137,9 @@ class LoopConfig:
         "Prompt the fine-tuned models M_n (n >= 1) with the few-shot exemplars too, as the base "
         "model is. False: from iteration 2's generation and iteration 1's evaluation on, the bare "
         "question (the original code's second switch; the pairing that matches how M_n was "
-        "trained when training.keep_fewshot_prompt=false). Not yet measured which pairing is "
-        "better on the default task, so the default is unchanged.",
+        "trained when training.keep_fewshot_prompt=false). Which pairing is better on the default "
+        "task is not settled (one partial measurement, within noise: README), so the default "
+        "is unchanged.",
         default=True,
     )
 

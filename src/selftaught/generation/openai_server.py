@@ -341,23 +341,27 @@ class OpenAIServerGenerator(Generator):
 
 
     def _convert_to_gguf(self, model: str) -> str:
-        """The checkpoint as one GGUF file, for llama.cpp's server, in a folder removed on close.
-
-        llama.cpp's own converter rather than one of ours: it knows every architecture
-        llama.cpp runs and writes the tokenizer the way llama-server reads it."""
+        """The checkpoint as one GGUF file, for llama.cpp's server, in a folder removed on close."""
         o = self.options
         self._gguf_dir = tempfile.TemporaryDirectory(prefix="selftaught-gguf-")
         out = Path(self._gguf_dir.name) / f"model-{o.gguf_type}.gguf"
-        converter = Path(o.gguf_converter).expanduser()
-        # The converter imports gguf-py from its own source tree when no gguf package is installed.
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
-            str(converter.parent / "gguf-py"), os.environ.get("PYTHONPATH")]))}
-        p = subprocess.run([sys.executable, str(converter), model, "--outtype", o.gguf_type, "--outfile", str(out)],
-                           stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
-        if p.returncode != 0 or not out.is_file():
-            tail = " ".join(p.stderr.strip().splitlines()[-1:]) or f"exit status {p.returncode}"
-            raise ServerUnavailableError(f"generation.openai.gguf_converter could not convert {model} to GGUF: {tail}")
+        convert_to_gguf(model, o.gguf_converter, o.gguf_type, out)
         return str(out)
+
+
+def convert_to_gguf(model: str, converter: str, outtype: str, out: Path) -> None:
+    """``model`` (a Hugging Face checkpoint folder) written to ``out`` as GGUF by llama.cpp's own
+    converter rather than one of ours: it knows every architecture llama.cpp runs and writes the
+    tokenizer the way llama-server reads it."""
+    converter_path = Path(converter).expanduser()
+    # The converter imports gguf-py from its own source tree when no gguf package is installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(converter_path.parent / "gguf-py"), os.environ.get("PYTHONPATH")]))}
+    p = subprocess.run([sys.executable, str(converter_path), model, "--outtype", outtype, "--outfile", str(out)],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
+    if p.returncode != 0 or not Path(out).is_file():
+        tail = " ".join(p.stderr.strip().splitlines()[-1:]) or f"exit status {p.returncode}"
+        raise ServerUnavailableError(f"generation.openai.gguf_converter could not convert {model} to GGUF: {tail}")
 
 
 class _ServerDown(Exception):
