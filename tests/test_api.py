@@ -68,6 +68,20 @@ def test_a_callback_stops_the_run(tmp_path, tiny_model):
     assert not (tmp_path / "run" / "iteration-02").exists()
 
 
+def test_callbacks_see_the_iteration_an_early_stop_ends_on(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setattr("selftaught.loop.plateaued", lambda *args: True)  # stop after iteration 1
+    seen = []
+    config = selftaught.STaRConfig.from_yaml(overrides=[
+        f"model.name_or_path={tiny_model}", "model.dtype=float32", f"output_dir={tmp_path / 'run'}",
+        "task.train_size=24", "task.options.digits_max=1", "eval.size=8", "eval.validation_size=8",
+        "loop.iterations=3", "generation.max_new_tokens=24", "training.start_steps=2",
+        "training.batch_size=4", "training.learning_rate=1e-3",
+    ])
+    result = selftaught.STaR(config, callbacks=[lambda m: seen.append(m["iteration"])]).run()
+    assert [m["iteration"] for m in result.metrics] == [0, 1]  # stopped early
+    assert seen == [1]
+
+
 def test_bad_in_memory_data_is_refused_before_the_run_folder_exists(tmp_path):
     config = selftaught.STaRConfig(output_dir=str(tmp_path / "run"))
     with pytest.raises(DataError, match=r"train_data\[1\]: missing field 'answer'"):

@@ -49,11 +49,12 @@ def star(config: RunConfig, store: RunStore, task: Task | None = None, callbacks
         start = base_model if config.loop.restart_from_base else model  # continue: M_{n-1} (B-STaR)
         model = stages.fine_tune(n, start, dataset)  # M_n ← train(M, ·): the ORIGINAL M by default
         history.append(stages.evaluate(n, model, held_out, validation))  # accuracy of M_n
+        # Every callback sees every iteration, the one an early stop ends on included.
+        if any([callback(history[-1]) for callback in callbacks]):  # a callback asked to stop
+            break
         if n < config.loop.iterations and plateaued(history, config.loop.patience, config.loop.min_improvement):
             stages.say(f"validation accuracy has not improved for {config.loop.patience} "
                        "iterations: stopping early")
-            break
-        if any([callback(history[-1]) for callback in callbacks]):  # a callback asked to stop
             break
     stages.close()
     return history
