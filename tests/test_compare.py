@@ -204,3 +204,32 @@ def test_self_consistency_columns_come_from_the_selected_iteration(comparison, t
     assert "| maj@4 | pass@4 |" in md and f"| {0.1 + chosen / 10:.1%} | {0.5 + chosen / 10:.1%} |" in md
     # without sampled evaluation the columns are absent
     assert "maj@" not in (comparison / "comparison.md").read_text()
+
+
+def test_variants_add_a_row_each_on_the_same_questions(comparison, tiny_model, tmp_path, calls):
+    """`compare --variants` reuses the three runs, runs STaR's descendants and reads a row from each."""
+    from selftaught.compare import VARIANT_METHODS
+    out = tmp_path / "cmp"
+    shutil.copytree(comparison, out)
+    assert main(["compare", *tiny_overrides(tiny_model, out), "--variants"]) == 0
+    assert {run for run, _, _ in calls["generate"]} == {"star-k-samples", "star-continue", "b-star"}
+    k = {run: metrics(out / run) for run in ("star", "star-k-samples", "star-continue", "b-star")}
+    assert k["star-k-samples"][1]["samples_drawn"]["generations"] == 4 * TRAIN
+    assert (out / "b-star" / "iteration-01" / "temperature.json").is_file()
+    assert k["b-star"][1]["temperature"] in (0.5, 0.7, 1.0)
+    base = {run: json.loads((out / run / "iteration-02" / "train.json").read_text())["base_model"]
+            for run in ("star", "star-continue")}
+    assert base["star"] == tiny_model
+    assert base["star-continue"] == str(out / "star-continue" / "iteration-01" / "checkpoint")
+    with (out / "comparison.csv").open() as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert list(rows) == [m.name for m in METHODS + VARIANT_METHODS]
+    star = float(rows["STaR"]["accuracy"])
+    for method in VARIANT_METHODS:
+        m = k[method.run][k[method.run][max(k[method.run])]["selected_iteration"]]
+        row = rows[method.name]
+        assert float(row["accuracy"]) == m["accuracy"] and int(row["held_out"]) == HELD_OUT
+        assert float(row["margin"]) == pytest.approx(star - m["accuracy"])
+        assert 0 <= float(row["p_value"]) <= 1
+    page = (out / "report" / "report.html").read_text()
+    assert "STaR continuing from M_{n-1}" in page and "4 samples at T=0.7" in page

@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
                          help="repeat every run once per seed, in OUTPUT_DIR/seed-SEED/; the table "
                          "gives mean ± sd over seeds (default: the config's one seed, no seed folders); give it "
                          "after the key=value overrides")
+    compare.add_argument("--variants", action="store_true",
+                         help="also run STaR's descendants, a row each: 4 samples at T=0.7 with up to 4 "
+                         "distinct rationales kept (OUTPUT_DIR/star-k-samples), fine-tuning M_n from M_{n-1} "
+                         "(star-continue), B-STaR's temperature chosen per iteration (b-star)")
     report = sub.add_parser(
         "report", help="plots and a self-contained HTML page for a run or a comparison",
         description="Render RUN_DIR (a run folder, or a comparison's output_dir) as PNG plots "
@@ -211,7 +215,7 @@ def _compare(args: argparse.Namespace) -> int:
     name = Path(args.config).stem if args.config else config.task.name
     root = Path(config.output_dir or Path("runs") / f"compare-{name}")
     print(f"comparison folder: {root}")
-    compare(config, root, seeds=args.seeds)
+    compare(config, root, seeds=args.seeds, variants=args.variants)
     print((root / "comparison.md").read_text(), end="")
     print(f"table: {root / 'comparison.md'} and {root / 'comparison.csv'}; "
           f"report: {render(root)}")

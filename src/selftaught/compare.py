@@ -7,6 +7,13 @@ Three runs on the same splits and base model make the five rows::
     COMPARISON/direct-finetune/           fine-tuning on answers only; iteration 0 is few-shot direct
     COMPARISON/comparison.{md,csv,json}   the table
 
+With ``variants=True`` (``selftaught compare --variants``) three more runs, STaR's descendants,
+add a row each after STaR's, on the same splits::
+
+    COMPARISON/star-k-samples/            4 samples at temperature 0.7, up to 4 distinct kept (RFT)
+    COMPARISON/star-continue/             M_n fine-tuned from M_{n-1} (B-STaR, OpenRLHF)
+    COMPARISON/b-star/                    B-STaR's temperature, chosen each iteration on a probe set
+
 A run folder that already exists is resumed, so finished runs cost nothing and interrupted
 ones pick up where they stopped; one made with a different config is an error.
 """
@@ -48,6 +55,25 @@ METHODS = (
     Method("STaR", "star", final=True),
 )
 
+# `--variants`: STaR's descendants (README "Beyond the paper"), each a change to the STaR run.
+# ReST-EM draws 32 samples and keeps up to 10; 4 and 4 keep the run's generation cost within
+# about 4x of STaR's on 2 CPU cores. Only full fine-tuning can continue from M_{n-1}.
+VARIANT_RUNS: dict[str, dict[str, Any]] = {
+    "star-k-samples": {"method": "star", "loop": {"rationalize": True, "keep_per_question": 4},
+                       "generation": {"samples_per_question": 4, "temperature": 0.7}},
+    "star-continue": {"method": "star", "loop": {"rationalize": True, "restart_from_base": False}},
+    "b-star": {"method": "star", "loop": {"rationalize": True, "keep_per_question": 4,
+                                          "auto_temperature": [0.5, 0.7, 1.0]},
+               "generation": {"samples_per_question": 4, "temperature": 0.7}},
+}
+
+VARIANT_METHODS = (
+    Method("STaR, 4 samples at T=0.7, up to 4 distinct kept (RFT)", "star-k-samples", final=True),
+    Method("STaR continuing from M_{n-1}", "star-continue", final=True),
+    Method("STaR at B-STaR's temperature (0.5, 0.7 or 1.0), 4 samples", "b-star", final=True),
+)
+STAR = METHODS[-1]  # every other row's margin is measured against it
+
 # Keys that change what gets logged, not what is computed: a reused run may differ in them.
 IGNORED_KEYS = ("report_to", "output_dir")
 
@@ -80,13 +106,14 @@ class Row:
     pass_at_k: float | None = None  # at least one of k right (unbiased estimator)
 
 
-def run_configs(config: RunConfig, root: Path) -> dict[str, RunConfig]:
+def run_configs(config: RunConfig, root: Path, variants: bool = False) -> dict[str, RunConfig]:
     """The config of each run: the user's, with the method's changes and its own folder."""
     out = {}
-    for name, changes in RUNS.items():
+    for name, changes in {**RUNS, **(VARIANT_RUNS if variants else {})}.items():
         data = config.to_dict()
         data["method"] = changes["method"]
         data["loop"].update(changes.get("loop", {}))
+        data["generation"].update(changes.get("generation", {}))
         data["output_dir"] = str(root / name)
         out[name] = from_dict(RunConfig, data)
     return out
@@ -104,13 +131,14 @@ def with_seed(config: RunConfig, seed: int | None) -> RunConfig:
     return from_dict(RunConfig, {**config.to_dict(), "seed": seed})
 
 
-def compare(config: RunConfig, root: Path, say=print, seeds: list[int] | None = None) -> list[Row]:
+def compare(config: RunConfig, root: Path, say=print, seeds: list[int] | None = None,
+            variants: bool = False) -> list[Row]:
     """Run (or reuse) every run the comparison needs, once per seed, then write the table in
-    ``root``."""
+    ``root``; ``variants`` adds the runs and rows of STaR's descendants."""
     from selftaught.loop import run
 
     root = Path(root)
-    plans = {folder: run_configs(with_seed(config, seed), folder)
+    plans = {folder: run_configs(with_seed(config, seed), folder, variants)
              for seed, folder in seed_folders(root, seeds).items()}
     for folder, configs in plans.items():  # refuse a mismatched folder before any run starts
         for name, cfg in configs.items():
@@ -128,7 +156,7 @@ def compare(config: RunConfig, root: Path, say=print, seeds: list[int] | None = 
         finally:
             for store in stores.values():  # their locks: one writer per run folder
                 store.close()
-    rows = table(root, seeds)
+    rows = table(root, seeds, variants)
     write_table(rows, root)
     return rows
 
@@ -154,18 +182,19 @@ def check_reusable(path: Path, config: RunConfig) -> bool:
     return True
 
 
-def table(root: Path, seeds: list[int] | None = None) -> list[Row]:
+def table(root: Path, seeds: list[int] | None = None, variants: bool = False) -> list[Row]:
     """One row per method, read from the runs' metrics.jsonl and held-out predictions: the
     iteration selected on validation (mean ± sd over seeds, 95% bootstrap interval), the last
-    iteration, and each baseline's margin below STaR with McNemar's paired test."""
+    iteration, and each other row's margin below STaR with McNemar's paired test."""
     from selftaught.significance import bootstrap_interval, mcnemar, mean_std
 
+    methods = METHODS + (VARIANT_METHODS if variants else ())
     folders = seed_folders(root, seeds)
-    picks = {seed: [_pick(method, folder, "" if seed is None else f"{folder.name}/") for method in METHODS]
+    picks = {seed: [_pick(method, folder, "" if seed is None else f"{folder.name}/") for method in methods]
              for seed, folder in folders.items()}
-    star = len(METHODS) - 1
+    star = methods.index(STAR)
     rows = []
-    for i, method in enumerate(METHODS):
+    for i, method in enumerate(methods):
         mine = [picks[seed][i] for seed in folders]
         accuracy, std = mean_std([p.metrics["accuracy"] for p in mine])
         low, high = bootstrap_interval([p.correct for p in mine])
@@ -248,7 +277,7 @@ def markdown(rows: list[Row]) -> str:
         f"Held-out accuracy of the iteration selected on validation, mean ± sd over "
         f"{len(seeds) if seeds else 1} seed{'s' if seeds and len(seeds) > 1 else ''}"
         f"{' (' + ', '.join(map(str, seeds)) + ')' if seeds else ''}, with its 95% bootstrap "
-        "interval over the held-out questions; the margin below STaR on the same questions, with "
+        "interval over the held-out questions; STaR's accuracy minus this row's on the same questions, with "
         "McNemar's exact p-value." + (f" maj@{k} and pass@{k}: {k} answers sampled per question "
                                       "(eval.samples), same iteration." if k else ""),
         "",

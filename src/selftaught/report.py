@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selftaught.compare import METHODS, Row, duration, read_table
+from selftaught.compare import METHODS, VARIANT_METHODS, Row, duration, read_table
 from selftaught.store import RunFolderError, RunStore
 
 RATIONALES_SHOWN = 8
@@ -41,7 +41,10 @@ class Run:
         if not history:
             raise RunFolderError(f"{root} has no finished iteration yet (metrics.jsonl is empty)")
         config = store.config()
-        if config.get("method") == "direct_finetune":
+        variant = {m.run: m.name for m in VARIANT_METHODS}
+        if Path(root).name in variant:  # a run of `compare --variants`
+            name = variant[Path(root).name]
+        elif config.get("method") == "direct_finetune":
             name = "Direct fine-tuned"
         elif config.get("loop", {}).get("rationalize", True):
             name = "STaR"
@@ -96,7 +99,7 @@ def find_subject(path: Path) -> Subject:
     if root != run_dir and len(seeds) > 1:
         subject.seed_runs = {p.parent.parent.name: Run.load(p.parent) for p in seeds}
     if table is not None:
-        for method in {m.run for m in METHODS} - {run_dir.name}:
+        for method in {m.run for m in METHODS + VARIANT_METHODS} - {run_dir.name}:
             other = run_dir.parent / method
             if (other / "metrics.jsonl").is_file():
                 subject.others[method] = Run.load(other)
@@ -136,7 +139,7 @@ def plot_accuracy(s: Subject):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
-    runs = [s.run] + ([s.others["star-no-rationalization"]] if "star-no-rationalization" in s.others else [])
+    runs = [s.run] + [s.others[m.run] for m in METHODS[3:4] + VARIANT_METHODS if m.run in s.others]
     if s.seed_runs:  # every seed's STaR curve, their mean, and a band of ± one sd
         runs = list(s.seed_runs.values())
         for name, run in s.seed_runs.items():
@@ -149,7 +152,7 @@ def plot_accuracy(s: Subject):
         ax.plot(range(depth), mean, marker="o", color="tab:blue", label=f"STaR, mean of {len(runs)} seeds")
         ax.fill_between(range(depth), [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)],
                         color="tab:blue", alpha=0.15, label="± 1 sd over seeds")
-    for run, color in zip([] if s.seed_runs else runs, ("tab:blue", "tab:purple")):
+    for run, color in zip([] if s.seed_runs else runs, ("tab:blue", "tab:purple", "tab:red", "tab:brown", "tab:olive")):
         x = [m["iteration"] for m in run.history]
         ax.plot(x, [100 * m["accuracy"] for m in run.history], marker="o", color=color, label=run.name)
     sampled = [m for m in s.run.history if "maj_at_k" in m]  # eval.samples = k > 1
