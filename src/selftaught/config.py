@@ -137,9 +137,9 @@ class LoopConfig:
         "Prompt the fine-tuned models M_n (n >= 1) with the few-shot exemplars too, as the base "
         "model is. False: from iteration 2's generation and iteration 1's evaluation on, the bare "
         "question (the original code's second switch; the pairing that matches how M_n was "
-        "trained when training.keep_fewshot_prompt=false). Which pairing is better on the default "
-        "task is not settled (one partial measurement, within noise: README), so the default "
-        "is unchanged.",
+        "trained when training.keep_fewshot_prompt=false). On the default task the bare question "
+        "scored 3.8 points higher over three seeds (README); the default stays until the "
+        "README's figures are measured again with it.",
         default=True,
     )
 
