@@ -102,10 +102,12 @@ def test_direct_finetune_trains_on_every_answer_without_rationale(comparison):
     for k, e in zip(kept, train):
         assert k["prompt"] == f"Q: What is {e.question}?\nA:"
         assert k["completion"] == f" The answer is {e.answer}.\n\n"  # the answer, no rationale
-    # Few-shot direct: the exemplars answer without a rationale, in eval at both iterations.
-    for it in ("iteration-00", "iteration-01"):
-        prompt = read_jsonl(comparison / "direct-finetune" / it / "eval.jsonl")[0]["prompt"]
-        assert prompt.startswith("Q: What is 23 + 45?\nA: The answer is 68.\n\n")
+    # Few-shot direct: the exemplars answer without a rationale. The fine-tuned model sees the
+    # bare question, as it was trained (loop.fewshot_for_finetuned=false, the default).
+    prompt = read_jsonl(comparison / "direct-finetune" / "iteration-00" / "eval.jsonl")[0]["prompt"]
+    assert prompt.startswith("Q: What is 23 + 45?\nA: The answer is 68.\n\n")
+    bare = read_jsonl(comparison / "direct-finetune" / "iteration-01" / "eval.jsonl")[0]["prompt"]
+    assert bare.startswith("Q: What is ") and bare.endswith("?\nA:") and bare.count("Q:") == 1
     star_prompt = read_jsonl(comparison / "star" / "iteration-00" / "eval.jsonl")[0]["prompt"]
     assert star_prompt.startswith("Q: What is 23 + 45?\nA: 23 + 45 = 68. The answer is 68.\n\n")
     # Default budget: the steps STaR's final model gets (§4.1 rule at the last iteration).
