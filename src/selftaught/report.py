@@ -139,7 +139,8 @@ def plot_accuracy(s: Subject):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.5, 4.2))
-    runs = [s.run] + [s.others[m.run] for m in METHODS[3:4] + VARIANT_METHODS if m.run in s.others]
+    beside = ("star-no-rationalization", *(m.run for m in VARIANT_METHODS))  # drawn next to STaR
+    runs = [s.run] + [s.others[name] for name in beside if name in s.others]
     if s.seed_runs:  # every seed's STaR curve, their mean, and a band of ± one sd
         runs = list(s.seed_runs.values())
         for name, run in s.seed_runs.items():
