@@ -82,6 +82,19 @@ def test_callbacks_see_the_iteration_an_early_stop_ends_on(tmp_path, tiny_model,
     assert seen == [1]
 
 
+def test_callbacks_see_the_direct_finetune_baseline(tmp_path, tiny_model):
+    seen = []
+    config = selftaught.STaRConfig.from_yaml(overrides=[
+        f"model.name_or_path={tiny_model}", "model.dtype=float32", f"output_dir={tmp_path / 'run'}",
+        "method=direct_finetune", "task.train_size=16", "task.options.digits_max=1", "eval.size=8",
+        "eval.validation_size=8", "generation.max_new_tokens=8", "training.start_steps=2",
+        "training.batch_size=4", "training.learning_rate=1e-3",
+    ])
+    result = selftaught.STaR(config, callbacks=[seen.append]).run()
+    assert [m["iteration"] for m in seen] == [1]
+    assert seen[0] == result.metrics[1] and "accuracy" in seen[0]
+
+
 def test_bad_in_memory_data_is_refused_before_the_run_folder_exists(tmp_path):
     config = selftaught.STaRConfig(output_dir=str(tmp_path / "run"))
     with pytest.raises(DataError, match=r"train_data\[1\]: missing field 'answer'"):

@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         "star-no-rationalization,direct-finetune}; then write OUTPUT_DIR/comparison.{md,csv,json} "
         "with five rows (few-shot direct, few-shot CoT, direct fine-tuned, STaR without "
         "rationalization, STaR) and the report in OUTPUT_DIR/report. Run folders that already "
-        "exist with the same config are reused (resumed if unfinished).",
+        "exist with the same config are reused (resumed if unfinished). --variants adds three "
+        "more runs, STaR's descendants, a row each.",
         epilog="output_dir defaults to runs/compare-<config file name>; every key of "
         "`selftaught run --help` applies (method and loop.rationalize are set per run).",
     )

@@ -72,6 +72,8 @@ def direct_finetune(config: RunConfig, store: RunStore, task: Task | None = None
     dataset = stages.answers(1, train)  # (x_i, y_i) for all i: the whole training set
     model = stages.fine_tune(1, base_model, dataset, steps=config.direct_finetune_steps())
     history.append(stages.evaluate(1, model, held_out, validation))
+    for callback in callbacks:  # its only fine-tuned iteration; nothing is left to stop
+        callback(history[-1])
     stages.close()
     return history
 
