@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMING = {
     "seconds", "tokens_per_second", "iteration_seconds", "model_tflops", "computed_tflops",
     "peak_tflops", "mfu", "hardware_flop_utilisation", "seconds_forward_backward",
-    "seconds_optimizer", "peak_rss_mib", "checkpoint", "output_dir",
+    "seconds_optimizer", "seconds_optimizer_first_step", "peak_rss_mib", "checkpoint", "output_dir",
 }
 
 # Where each process dies, in the order a run reaches them; every stage of both iterations.

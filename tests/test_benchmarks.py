@@ -56,10 +56,15 @@ def test_cpu_speed_measures_training_and_both_precisions(tiny_model, tmp_path):
     assert cpu_speed.main(argv) == 0
     text = results.read_text()
     for what in ["our trainer, 2 steps of 8 sequences", "MFU against the measured", "optimizer share of a step",
+                 "optimizer's floor: its bytes over the memory bandwidth",
                  "float32, batch 4, 8 prompts", "float32, batch 8, 8 prompts", "bfloat16, batch 4",
                  "outputs identical across batch sizes", "outputs identical to fp32"]:
         assert what in text, what
     speeds = [float(m.replace(",", "")) for m in re.findall(r"\| ([\d.,]+) tokens/s \|", text)]
     assert len(speeds) >= 4 and all(v > 0 for v in speeds)
+    # The floor: 28 bytes a parameter in fp32 (40 with bf16 weights), over a bandwidth a real memory has.
+    gbs = float(re.search(r"in-place add bandwidth ([\d.]+) GB/s", text)[1])
+    assert 0.5 < gbs < 5000
+    assert re.search(r"(28|40) bytes a parameter x [\d.]+M", text)
     with pytest.raises(SystemExit, match="no llama-batched-bench there"):
         cpu_speed.main(argv + ["--llama-cpp", str(tmp_path)])

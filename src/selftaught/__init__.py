@@ -12,6 +12,7 @@ See ``selftaught.api`` for the arguments, and ``selftaught run --help`` for ever
 
 __version__ = "0.1.0"
 
+from selftaught.allocator import tune_allocator  # noqa: E402
 from selftaught.api import STaR, STaRConfig, STaRResult  # noqa: E402
 
-__all__ = ["STaR", "STaRConfig", "STaRResult", "__version__"]
+__all__ = ["STaR", "STaRConfig", "STaRResult", "tune_allocator", "__version__"]

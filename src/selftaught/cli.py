@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from selftaught.allocator import tune_allocator
 from selftaught.config import ConfigError, RunConfig, describe, load_config
 
 # Keys a resumed run may change: they decide how far the loop goes or where it logs, not what
@@ -16,6 +17,7 @@ RESUMABLE_KEYS = ("loop.iterations", "loop.patience", "loop.min_improvement", "r
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_allocator()  # before torch's first tensor; see selftaught/allocator.py
     parser = argparse.ArgumentParser(prog="selftaught", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(

@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from selftaught.allocator import tune_allocator
 from selftaught.config import GenerationConfig, ModelConfig, TrainingConfig, from_dict
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_allocator()  # as the command line that started this process did
     (spec_path,) = argv if argv is not None else sys.argv[1:]
     spec = json.loads(Path(spec_path).read_text())
     result = {"fine_tune": fine_tune, "generate": generate}[spec["stage"]](spec)

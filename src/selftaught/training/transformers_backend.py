@@ -87,6 +87,12 @@ class TransformersTrainer(Trainer):
         # One process: bf16 weights with fp32 masters (below). Several: the engine's own mixed
         # precision (accelerate autocast, FSDP2's policy or DeepSpeed's bf16), fp32 weights.
         master = _MasterWeights(model, params) if bf16 and world == 1 else None
+        if master is None and device.type == "cpu":
+            # The weights as loaded live in the checkpoint's read-only file mapping (safetensors
+            # mmap): Adam's first write copied every page out of it, 2.4 s on the 2-core VM. A
+            # copy up front takes ~0.25 s and leaves the first step 0.75 s (benchmarks/cpu_speed.py).
+            for p in params:
+                p.data = p.data.clone()
         # Adam without weight decay, constant lr after linear warm-up (App. H).
         optimizer = _adamw(master.params if master else params, cfg.learning_rate)
         if accelerator.state.deepspeed_plugin is not None:
@@ -101,7 +107,7 @@ class TransformersTrainer(Trainer):
         share = cfg.batch_size // world
 
         losses, counts = [], torch.zeros(3, dtype=torch.float64)  # tokens, loss tokens, padding
-        compute_s = optimizer_s = 0.0
+        compute_s = optimizer_s = first_optimizer_s = 0.0
         start = time.perf_counter()
         bar = tqdm(range(steps), desc="fine-tune", unit="step", leave=False,
                    disable=not accelerator.is_main_process)
@@ -136,6 +142,8 @@ class TransformersTrainer(Trainer):
                 step_loss = accelerator.reduce(step_loss.to(device), "sum").cpu()
             compute_s += t1 - t0
             optimizer_s += time.perf_counter() - t1
+            if not first_optimizer_s:  # the first step also allocates Adam's moments
+                first_optimizer_s = optimizer_s
             fault_point("train step")  # tests only: see selftaught/faults.py
             losses.append(step_loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}", tok_s=f"{world * counts[0].item() / (time.perf_counter() - start):.0f}")
@@ -159,6 +167,7 @@ class TransformersTrainer(Trainer):
                    "loss_tokens": loss_tokens, "padding_tokens": padding,
                    "seconds_forward_backward": round(compute_s, 3),
                    "seconds_optimizer": round(optimizer_s, 3),
+                   "seconds_optimizer_first_step": round(first_optimizer_s, 3),
                    "peak_rss_mib": [round(x) for x in peak_rss.tolist()]},
         )
 
@@ -322,6 +331,7 @@ def _utilisation(model, params, tokens: int, loss_tokens: int, seconds: float, b
     run_tflops = computed_flops(n, trainable, embedding, tokens, loss_tokens) / seconds / 1e12 if seconds else 0.0
     return {
         "parameters": n,
+        "trainable_parameters": trainable,
         "model_tflops": _sig(model_tflops),  # 6N x tokens/s
         "computed_tflops": _sig(run_tflops),  # the FLOPs actually run (lm_head on loss positions only)
         "peak_tflops": _sig(peak),
