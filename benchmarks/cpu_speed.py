@@ -37,8 +37,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from transformers import AutoTokenizer
+from selftaught.allocator import tune_allocator
+
+ALLOCATOR = tune_allocator()  # as `selftaught` does, before torch's first tensor (SELFTAUGHT_TUNE_ALLOCATOR=0: off)
+
+import torch  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import ROOT, Row, machine, markdown, useful_tokens  # noqa: E402  (benchmarks/run.py)
@@ -244,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (f"## {when}: CPU speed (benchmarks/cpu_speed.py)\n\nMachine: {machine()}.\n"
-              f"Model `{config.model.name_or_path}`, task `{config.task.name}`; whole benchmark "
+              f"Model `{config.model.name_or_path}`, task `{config.task.name}`; allocator tuned "
+              f"(selftaught/allocator.py): {ALLOCATOR}; whole benchmark "
               f"{time.perf_counter() - started:.0f} s.")
     text = markdown(rows, header)
     print(text)

@@ -10,9 +10,11 @@ a time; in a virtual machine a fault costs microseconds. Two settings stop that:
 - torch: ``THP_MEM_ALLOC_ENABLE=1``, torch's own switch that aligns tensors of 2 MB or more to
   2 MB and asks for transparent huge pages (``madvise``), where the kernel allows them.
 
-Measured with ``python benchmarks/cpu_speed.py --skip decoding`` on 2026-11-29 (AMD EPYC,
-2 cores, fp32): 2.60 s a fine-tuning step before, 2.20 s with the glibc settings, 2.07 s with
-both; the same twelve losses to four decimals.
+Measured on 2026-11-29 (AMD EPYC, 2 cores, fp32, back to back, ``SELFTAUGHT_TUNE_ALLOCATOR=0``
+against the default): ``selftaught run configs/default.yaml`` 9 min 1 s -> 8 min 22 s, its three
+fine-tunes 306 s -> 273 s, the same accuracies in every iteration and the same peak memory;
+``python benchmarks/cpu_speed.py --skip decoding --train-steps 40`` 2.22 and 2.13 s a step ->
+2.09 and 1.77 s, the same losses. Decoding did not change (209 and 198 tokens/s at batch 64).
 
 The price: the process's resident memory no longer shrinks after a peak. Hence the command line
 and its worker processes tune the allocator, and the Python API leaves a user's process alone
