@@ -53,15 +53,19 @@ def test_the_readme_example_runs_on_the_tiny_model(tmp_path, tiny_model, capsys)
     assert "iteration 1: " in out and "% held out" in out  # the callback saw iteration 1
 
 
+def tiny_config(tiny_model: str, tmp_path: Path, *overrides: str) -> selftaught.STaRConfig:
+    """A small run on the tiny model in tmp_path/run; ``overrides`` add to or replace these."""
+    return selftaught.STaRConfig.from_yaml(overrides=[
+        f"model.name_or_path={tiny_model}", "model.dtype=float32", f"output_dir={tmp_path / 'run'}",
+        "task.options.digits_max=1", "eval.size=8", "eval.validation_size=8", "training.start_steps=2",
+        "training.batch_size=4", "training.learning_rate=1e-3", *overrides,
+    ])
+
+
 def test_a_callback_stops_the_run(tmp_path, tiny_model):
     seen = []
-    config = selftaught.STaRConfig.from_yaml(overrides=[
-        f"model.name_or_path={tiny_model}", "model.dtype=float32", f"output_dir={tmp_path / 'run'}",
-        "task.train_size=24", "task.options.digits_max=1", "eval.size=8", "eval.validation_size=8",
-        "loop.iterations=3",
-        "loop.patience=0", "generation.max_new_tokens=24", "training.start_steps=2",
-        "training.batch_size=4", "training.micro_batch_size=4", "training.learning_rate=1e-3",
-    ])
+    config = tiny_config(tiny_model, tmp_path, "task.train_size=24", "loop.iterations=3", "loop.patience=0",
+                         "generation.max_new_tokens=24", "training.micro_batch_size=4")
     result = selftaught.STaR(config, callbacks=[lambda m: seen.append(m["iteration"]) or True]).run()
     assert seen == [1]
     assert [m["iteration"] for m in result.metrics] == [0, 1]
@@ -71,12 +75,8 @@ def test_a_callback_stops_the_run(tmp_path, tiny_model):
 def test_callbacks_see_the_iteration_an_early_stop_ends_on(tmp_path, tiny_model, monkeypatch):
     monkeypatch.setattr("selftaught.loop.plateaued", lambda *args: True)  # stop after iteration 1
     seen = []
-    config = selftaught.STaRConfig.from_yaml(overrides=[
-        f"model.name_or_path={tiny_model}", "model.dtype=float32", f"output_dir={tmp_path / 'run'}",
-        "task.train_size=24", "task.options.digits_max=1", "eval.size=8", "eval.validation_size=8",
-        "loop.iterations=3", "generation.max_new_tokens=24", "training.start_steps=2",
-        "training.batch_size=4", "training.learning_rate=1e-3",
-    ])
+    config = tiny_config(tiny_model, tmp_path, "task.train_size=24", "loop.iterations=3",
+                         "generation.max_new_tokens=24")
     result = selftaught.STaR(config, callbacks=[lambda m: seen.append(m["iteration"])]).run()
     assert [m["iteration"] for m in result.metrics] == [0, 1]  # stopped early
     assert seen == [1]
@@ -84,12 +84,8 @@ def test_callbacks_see_the_iteration_an_early_stop_ends_on(tmp_path, tiny_model,
 
 def test_callbacks_see_the_direct_finetune_baseline(tmp_path, tiny_model):
     seen = []
-    config = selftaught.STaRConfig.from_yaml(overrides=[
-        f"model.name_or_path={tiny_model}", "model.dtype=float32", f"output_dir={tmp_path / 'run'}",
-        "method=direct_finetune", "task.train_size=16", "task.options.digits_max=1", "eval.size=8",
-        "eval.validation_size=8", "generation.max_new_tokens=8", "training.start_steps=2",
-        "training.batch_size=4", "training.learning_rate=1e-3",
-    ])
+    config = tiny_config(tiny_model, tmp_path, "method=direct_finetune", "task.train_size=16",
+                         "generation.max_new_tokens=8")
     result = selftaught.STaR(config, callbacks=[seen.append]).run()
     assert [m["iteration"] for m in seen] == [1]
     assert seen[0] == result.metrics[1] and "accuracy" in seen[0]
