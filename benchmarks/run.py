@@ -302,15 +302,26 @@ def bench_iteration(base, task, train, held_out, config, work: Path) -> list[Row
     ]
 
 
+# The processor's matmul features as /proc/cpuinfo names them, in the words written to RESULTS.md.
+MATMUL_FLAGS = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_bf16": "AVX-512 BF16",
+                "amx_bf16": "AMX BF16 (listed)"}
+
+
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and flags is None:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    if flags is not None:
+        have = [name for flag, name in MATMUL_FLAGS.items() if flag in flags] or ["none of AVX2, AVX-512"]
+        missing = [name for flag, name in MATMUL_FLAGS.items() if flag not in flags and flag != "amx_bf16"]
+        cpu += f" (matmul features: {', '.join(have)}{'; no ' + ', no '.join(missing) if missing else ''}; " \
+               f"torch kernels: {torch.backends.cpu.get_cpu_capability()})"
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     threads = torch.get_num_threads()
     return f"{cpu}, {os.cpu_count()} CPUs ({threads} torch threads){gpu}, torch {torch.__version__}, Python {platform.python_version()}"

@@ -58,7 +58,9 @@ def test_cpu_speed_measures_training_and_both_precisions(tiny_model, tmp_path):
     for what in ["our trainer, 2 steps of 8 sequences", "MFU against the measured", "optimizer share of a step",
                  "optimizer's floor: its bytes over the memory bandwidth",
                  "float32, batch 4, 8 prompts", "float32, batch 8, 8 prompts", "bfloat16, batch 4",
-                 "outputs identical across batch sizes", "outputs identical to fp32"]:
+                 "outputs identical across batch sizes", "outputs identical to fp32",
+                 "float32, batch 4, llama-batched-bench's workload", "float32, batch 8, llama-batched-bench's workload",
+                 "torch kernels:"]:
         assert what in text, what
     speeds = [float(m.replace(",", "")) for m in re.findall(r"\| ([\d.,]+) tokens/s \|", text)]
     assert len(speeds) >= 4 and all(v > 0 for v in speeds)
