@@ -170,7 +170,9 @@ class LoopConfig:
 @dataclass
 class GenerationConfig(_BackendSections):
     backend: str = _help("Generator backend; see selftaught.generation.", default="transformers")
-    batch_size: int = _help("Prompts decoded together.", default=64)
+    batch_size: int = _help(
+        "Prompts decoded together (rows leave the batch as they finish; on 2 CPU cores 256 decoded "
+        "1.3x as many tokens a second as 64, with the same outputs).", default=256)
     max_new_tokens: int = _help("Longest rationale + answer, in tokens.", default=64)
     temperature: float = _help("0 decodes greedily, as the paper does.", default=0.0)
     top_p: float = _help("Nucleus sampling mass when temperature > 0.", default=1.0)
