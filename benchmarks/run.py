@@ -352,9 +352,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="prompts for plain generate at batch 1 (default 32: it is slow)")
     parser.add_argument("--train-steps", type=int, default=20, help="optimizer steps for (b)")
     parser.add_argument("--skip-iteration", action="store_true", help="skip (c)")
+    parser.add_argument("--only-iteration", action="store_true", help="run (c) alone (~11 minutes on 2 cores)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"),
                         help="markdown file the results are appended to")
     args = parser.parse_args(argv)
+    if args.only_iteration and args.skip_iteration:
+        raise SystemExit("--only-iteration and --skip-iteration exclude each other; give one")
 
     # The plain iteration checks final answers only, as the paper does: so does selftaught's here.
     config = load_config(args.config, ["loop.step_checker=none", *args.overrides])
@@ -366,18 +369,19 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="selftaught-bench-") as tmp:
         work = Path(tmp)
-        print("(a) generation ...", file=sys.stderr)
-        generation, kept = bench_generation(base, task, train[: args.prompts], config, args.batch1_prompts)
-        rows += generation
-        if not kept:
-            raise SystemExit("benchmark: the model answered none of the prompts correctly; "
-                             "nothing to fine-tune on for (b)")
-        print("(b) fine-tuning ...", file=sys.stderr)
-        rows += bench_training(base, kept, config, args.train_steps, work,
-                               "question + rationale (the default)")
-        long = [TrainExample(task.fewshot_prompt() + e.prompt, e.completion) for e in kept]
-        rows += bench_training(base, long, config, args.train_steps, work,
-                               "few-shot prompt kept (training.keep_fewshot_prompt=true)")
+        if not args.only_iteration:
+            print("(a) generation ...", file=sys.stderr)
+            generation, kept = bench_generation(base, task, train[: args.prompts], config, args.batch1_prompts)
+            rows += generation
+            if not kept:
+                raise SystemExit("benchmark: the model answered none of the prompts correctly; "
+                                 "nothing to fine-tune on for (b)")
+            print("(b) fine-tuning ...", file=sys.stderr)
+            rows += bench_training(base, kept, config, args.train_steps, work,
+                                   "question + rationale (the default)")
+            long = [TrainExample(task.fewshot_prompt() + e.prompt, e.completion) for e in kept]
+            rows += bench_training(base, long, config, args.train_steps, work,
+                                   "few-shot prompt kept (training.keep_fewshot_prompt=true)")
         if not args.skip_iteration:
             print("(c) one STaR iteration ...", file=sys.stderr)
             rows += bench_iteration(base, task, train, held_out, config, work)

@@ -38,6 +38,9 @@ def test_benchmark_writes_every_ratio(tiny_model, tmp_path, capsys):
     ratios = [float(m) for m in re.findall(r"speed-up[^|]*\| ([\d.,]+) x", first)]
     assert len(ratios) == 5 and all(r > 0 for r in ratios)
     assert "iteration" not in text.split("\n## ")[2].split("| section")[1].replace("one STaR iteration", "")
+    assert bench.main(argv + ["--only-iteration"]) == 0
+    third = results.read_text().split("\n## ")[3].split("| section")[1]
+    assert "iteration | speed-up" in third and "generation |" not in third and "fine-tuning |" not in third
 
 
 def test_cpu_speed_measures_training_and_both_precisions(tiny_model, tmp_path):
