@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from selftaught.config import TrainingConfig
 from selftaught.training import TrainExample, get_trainer
 from selftaught.training.flops import computed_flops, matmul_peak_tflops, model_flops_per_token
-from selftaught.training.transformers_backend import SequenceTooLongError, _loss_logits, _pack
+from selftaught.training.transformers_backend import SequenceTooLongError, _loss_logits, _LossModel, _pack
 
 EXAMPLES = [
     TrainExample("Q: What is 3 + 4?\nA:", " 3 + 4 = 7. The answer is 7.\n\n"),
@@ -59,6 +59,31 @@ def test_packed_rows_equal_separate_sequences(random_model, row_tokens):
         ])
     assert labels.tolist() == [t for _, y in seqs for t in y if t != -100]
     torch.testing.assert_close(packed, alone, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_embedding_gradient_added_in_place_equals_autograds(random_model, tied):
+    """The lookup's gradient added row by row into the weight's (one process) is autograd's
+    dense one, tied to the output layer or not, the padding row excepted as nn.Embedding does."""
+    tok = AutoTokenizer.from_pretrained(random_model)
+    ids, positions, where, labels, pads = _pack(_trainer()._tokenize(tok, EXAMPLES), "cpu", 30)
+    assert pads > 0  # several rows, padded with token 0: the padding row below is exercised
+    grads = []
+    for in_place in (False, True):
+        torch.manual_seed(0)  # the untied output layer is initialised afresh: alike both times
+        model = AutoModelForCausalLM.from_pretrained(random_model, dtype=torch.float32,
+                                                     attn_implementation="eager", tie_word_embeddings=tied)
+        model.get_input_embeddings().padding_idx = 0
+        loss_model = _LossModel(model, embedding_in_place=in_place)
+        assert loss_model.in_place is in_place
+        loss = torch.nn.functional.cross_entropy(loss_model(ids, positions, where), labels)
+        loss.backward()
+        loss_model.embedding_backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(g is not None for g in grads[1].values())
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("bf16", [False, True])
