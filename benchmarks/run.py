@@ -14,7 +14,9 @@ In one run, on the model and task of configs/default.yaml:
     the processor has bf16 matmuls, else fp32) and completion-only labels;
 (c) one STaR iteration (generate, rationalize, filter, fine-tune from M, evaluate) against a
     straightforward implementation made of plain ``generate`` + ``Trainer``, with the
-    held-out accuracy of both.
+    held-out accuracy of both. The plain iteration runs twice: in this process, with the
+    allocator tuning selftaught gives itself (selftaught/allocator.py), and in a child process
+    with glibc's and torch's defaults, as a plain script runs; both ratios are reported.
 
 It prints the ratios and appends them, with the date and the machine, to benchmarks/RESULTS.md.
 """
@@ -28,25 +30,32 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
-                          TrainingArguments)
+from selftaught.allocator import tune_allocator
 
-from selftaught.config import load_config
-from selftaught.generation import SamplingParams, get_generator
-from selftaught.generation.transformers_backend import pick_device, pick_dtype
-from selftaught.models import resolve_base_model
-from selftaught.stages import Stages
-from selftaught.store import RunStore
-from selftaught.tasks import Example, Task, get_task
-from selftaught.training import TrainExample, get_trainer
-from selftaught.training.flops import matmul_peak_tflops, model_flops_per_token
+# As `selftaught` does, before torch's first tensor (SELFTAUGHT_TUNE_ALLOCATOR=0: off). The plain
+# baseline runs in this process too, so it gets the same allocator: no advantage to either side.
+ALLOCATOR = tune_allocator()
+
+import torch  # noqa: E402
+from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq,  # noqa: E402
+                          Trainer, TrainingArguments)
+
+from selftaught.config import load_config  # noqa: E402
+from selftaught.generation import SamplingParams, get_generator  # noqa: E402
+from selftaught.generation.transformers_backend import pick_device, pick_dtype  # noqa: E402
+from selftaught.models import resolve_base_model  # noqa: E402
+from selftaught.stages import Stages  # noqa: E402
+from selftaught.store import RunStore  # noqa: E402
+from selftaught.tasks import Example, Task, get_task  # noqa: E402
+from selftaught.training import TrainExample, get_trainer  # noqa: E402
+from selftaught.training.flops import matmul_peak_tflops, model_flops_per_token  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -287,17 +296,38 @@ def bench_training(base, examples: list[TrainExample], config, steps: int, work:
     ]
 
 
-def bench_iteration(base, task, train, held_out, config, work: Path) -> list[Row]:
+# What selftaught.allocator sets for itself and its children; a plain script's process has none.
+ALLOCATOR_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "THP_MEM_ALLOC_ENABLE")
+
+
+def plain_iteration_in_default_process(child_argv: list[str], work: Path) -> dict:
+    """The plain iteration in a child process with glibc's and torch's default allocator, as a
+    script of plain ``generate`` + ``Trainer`` runs: the tuning selftaught applies to itself
+    (selftaught/allocator.py) also speeds plain ``generate`` up, so both are reported."""
+    out = work / "plain-default-process.json"
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV}
+    env["SELFTAUGHT_TUNE_ALLOCATOR"] = "0"
+    subprocess.run([sys.executable, __file__, *child_argv, "--plain-iteration-json", str(out)],
+                   env=env, check=True)
+    return json.loads(out.read_text())
+
+
+def bench_iteration(base, task, train, held_out, config, work: Path, child_argv: list[str]) -> list[Row]:
     ours = selftaught_iteration(base, task, train, held_out, config, work)
     gc.collect()
     plain = plain_iteration(base, task, train, held_out, config, work)
+    default = plain_iteration_in_default_process(child_argv, work)
     profile = lambda r: ", ".join(f"{k} {v:.0f} s" for k, v in r["stages"].items())  # noqa: E731
+    outcome = lambda r: f"held-out accuracy {r['accuracy']:.1%}; kept {r['kept'][0]} + {r['kept'][1]}"  # noqa: E731
     return [
-        Row("iteration", "selftaught, one STaR iteration", ours["seconds"], "s",
-            f"held-out accuracy {ours['accuracy']:.1%}; kept {ours['kept'][0]} + {ours['kept'][1]}; {profile(ours)}"),
+        Row("iteration", "selftaught, one STaR iteration", ours["seconds"], "s", f"{outcome(ours)}; {profile(ours)}"),
         Row("iteration", "plain generate + Trainer, one STaR iteration", plain["seconds"], "s",
-            f"held-out accuracy {plain['accuracy']:.1%}; kept {plain['kept'][0]} + {plain['kept'][1]}; {profile(plain)}"),
-        Row("iteration", "speed-up", plain["seconds"] / ours["seconds"], "x"),
+            f"{outcome(plain)}; {profile(plain)}; in this process, with selftaught's allocator tuning"),
+        Row("iteration", "speed-up", plain["seconds"] / ours["seconds"], "x", "the same process, the same allocator"),
+        Row("iteration", "plain generate + Trainer in a default process, one STaR iteration", default["seconds"], "s",
+            f"{outcome(default)}; {profile(default)}; a child process with glibc's and torch's default allocator"),
+        Row("iteration", "speed-up, each as it runs by default", default["seconds"] / ours["seconds"], "x",
+            "selftaught tunes its allocator, a plain script does not"),
         Row("iteration", "accuracy difference (selftaught − plain)", 100 * (ours["accuracy"] - plain["accuracy"]), "points"),
     ]
 
@@ -355,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-iteration", action="store_true", help="run (c) alone (~11 minutes on 2 cores)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"),
                         help="markdown file the results are appended to")
+    parser.add_argument("--plain-iteration-json", type=Path, help=argparse.SUPPRESS)  # the child above
     args = parser.parse_args(argv)
     if args.only_iteration and args.skip_iteration:
         raise SystemExit("--only-iteration and --skip-iteration exclude each other; give one")
@@ -365,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
     train = task.load("train", config.task.train_size, config.seed)
     held_out = task.load(config.eval.split, config.eval.size, config.seed)
     base = resolve_base_model(config.model)
+    if args.plain_iteration_json:  # plain_iteration_in_default_process's child
+        with tempfile.TemporaryDirectory(prefix="selftaught-bench-") as tmp:
+            plain = plain_iteration(base, task, train, held_out, config, Path(tmp))
+        args.plain_iteration_json.write_text(json.dumps(plain))
+        return 0
     started = time.perf_counter()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="selftaught-bench-") as tmp:
@@ -384,13 +420,15 @@ def main(argv: list[str] | None = None) -> int:
                                    "few-shot prompt kept (training.keep_fewshot_prompt=true)")
         if not args.skip_iteration:
             print("(c) one STaR iteration ...", file=sys.stderr)
-            rows += bench_iteration(base, task, train, held_out, config, work)
+            rows += bench_iteration(base, task, train, held_out, config, work,
+                                    ["--config", args.config, *args.overrides])
 
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (f"## {when}\n\nMachine: {machine()}.\nModel `{config.model.name_or_path}`, task "
               f"`{config.task.name}` {json.dumps(config.task.options)}, {len(train)} training and "
               f"{len(held_out)} held-out questions, generation batch {config.generation.batch_size}, "
-              f"{config.training.batch_size} sequences a step. Whole benchmark: "
+              f"{config.training.batch_size} sequences a step; allocator tuned (selftaught/allocator.py, "
+              f"both sides): {ALLOCATOR}. Whole benchmark: "
               f"{time.perf_counter() - started:.0f} s.")
     text = markdown(rows, header)
     print(text)

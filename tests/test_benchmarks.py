@@ -33,10 +33,10 @@ def test_benchmark_writes_every_ratio(tiny_model, tmp_path, capsys):
     first = text.split("\n## ")[1]
     for what in ["speed-up over plain generate at batch 8", "speed-up over plain generate at batch 1",
                  "speed-up over plain Trainer, question + rationale", "selftaught MFU",
-                 "iteration | speed-up", "accuracy difference"]:
+                 "iteration | speed-up", "speed-up, each as it runs by default", "accuracy difference"]:
         assert what in first, what
     ratios = [float(m) for m in re.findall(r"speed-up[^|]*\| ([\d.,]+) x", first)]
-    assert len(ratios) == 5 and all(r > 0 for r in ratios)
+    assert len(ratios) == 6 and all(r > 0 for r in ratios)
     assert "iteration" not in text.split("\n## ")[2].split("| section")[1].replace("one STaR iteration", "")
     assert bench.main(argv + ["--only-iteration"]) == 0
     third = results.read_text().split("\n## ")[3].split("| section")[1]
