@@ -10,7 +10,7 @@ In one run, on the model and task of configs/default.yaml:
     same device;
 (b) fine-tuning: tokens/s and model FLOP utilisation (6·N·tokens/s over a matmul peak measured
     here, in the training precision, on the device that trains) of selftaught's trainer against a plain transformers
-    ``Trainer`` with the same 8 sequences a step, the same precision (bf16 mixed precision where
+    ``Trainer`` given the same sequences in the same steps, the same precision (bf16 mixed precision where
     the processor has bf16 matmuls, else fp32) and completion-only labels;
 (c) one STaR iteration (generate, rationalize, filter, fine-tune from M, evaluate) against a
     straightforward implementation made of plain ``generate`` + ``Trainer``, with the
@@ -56,6 +56,7 @@ from selftaught.store import RunStore  # noqa: E402
 from selftaught.tasks import Example, Task, get_task  # noqa: E402
 from selftaught.training import TrainExample, get_trainer  # noqa: E402
 from selftaught.training.flops import matmul_peak_tflops, model_flops_per_token  # noqa: E402
+from selftaught.training.transformers_backend import _Sampler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,8 +121,9 @@ class _CountingCollator(DataCollatorForSeq2Seq):
 
 
 def plain_train(base: str, examples: list[TrainExample], steps: int, lr: float, warmup: int,
-                batch_size: int, seed: int, out: Path) -> dict:
-    """transformers ``Trainer``: padded batches, bf16 autocast where supported, labels -100 on the prompt."""
+                batch_size: int, seed: int, out: Path, order: list[int] | None = None) -> dict:
+    """transformers ``Trainer``: padded batches, bf16 autocast where supported, labels -100 on the
+    prompt. ``order``: the examples to take, in turn (else ``Trainer`` shuffles them itself)."""
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -131,8 +133,11 @@ def plain_train(base: str, examples: list[TrainExample], steps: int, lr: float, 
         c = tokenizer(e.completion, add_special_tokens=False)["input_ids"]
         rows.append({"input_ids": p + c, "attention_mask": [1] * (len(p) + len(c)),
                      "labels": [-100] * len(p) + c})
+    if order is not None:
+        rows = [rows[i] for i in order]
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     args = TrainingArguments(
+        train_sampling_strategy="random" if order is None else "sequential",
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch_size,
         learning_rate=lr, warmup_steps=warmup, lr_scheduler_type="constant_with_warmup",
         weight_decay=0.0, bf16=_bf16(), use_cpu=not torch.cuda.is_available(), seed=seed,
@@ -276,8 +281,12 @@ def bench_training(base, examples: list[TrainExample], config, steps: int, work:
     result = get_trainer(t, config.seed).train(base, examples, steps, work / "ours")
     n = result.extra["parameters"]
     ours_tps = result.tokens / result.seconds
+    # The same sequences in the same steps as ours: short and long steps differ in tokens/s.
+    order = _Sampler(len(examples), config.seed).take(steps * t.batch_size)
     plain = plain_train(base, examples, steps, t.learning_rate, t.warmup_steps, t.batch_size,
-                        config.seed, work / "plain")
+                        config.seed, work / "plain", order)
+    if plain["tokens"] != result.tokens:
+        raise RuntimeError(f"the plain Trainer saw {plain['tokens']} tokens, ours {result.tokens}: not the same steps")
     plain_tps = plain["tokens"] / plain["seconds"]
     mfu = lambda tps: model_flops_per_token(n, n) * tps / (peak * 1e12)  # noqa: E731
     shutil.rmtree(work / "ours", ignore_errors=True)
@@ -288,7 +297,8 @@ def bench_training(base, examples: list[TrainExample], config, steps: int, work:
             f"forward+backward {result.extra['seconds_forward_backward']:.1f} s, "
             f"optimizer {result.extra['seconds_optimizer']:.1f} s"),
         Row("fine-tuning", f"plain Trainer, {label}", plain_tps, "tokens/s",
-            f"MFU {mfu(plain_tps):.1%}; {plain['seconds']:.1f} s for {steps} steps"),
+            f"MFU {mfu(plain_tps):.1%}; {plain['seconds']:.1f} s for {steps} steps, the same "
+            f"{plain['tokens']} tokens in the same steps as ours"),
         Row("fine-tuning", f"selftaught MFU, {label}", mfu(ours_tps), "fraction",
             f"6·N·tokens/s over a measured {'bf16' if _bf16() else 'fp32'} {pick_device()} matmul peak of "
             f"{peak * 1000:.0f} GFLOP/s"),
