@@ -3,7 +3,7 @@
 A small loop of our own rather than ``Trainer``/``SFTTrainer``: STaR fixes the number of
 optimizer *steps* (not epochs) per iteration, wants the completion-only mask built from the
 two halves it already has (no second tokenisation pass), and this loop is where tokens/s and
-FLOP utilisation are measured. Three things make it fast on a CPU:
+FLOP utilisation are measured. Four things make it fast on a CPU:
 
 * **packing**: the sequences of a micro-batch are laid end to end in rows of up to 512
   tokens, with positions restarting at each sequence, so transformers builds a
@@ -13,7 +13,10 @@ FLOP utilisation are measured. Three things make it fast on a CPU:
   the tokens;
 * **bf16 weights with an fp32 master copy** (where the processor has bf16 matmuls): forward
   and backward run in bf16 without autocast re-casting every weight on every pass, and Adam
-  updates fp32 copies, so small updates are not rounded away.
+  updates fp32 copies, so small updates are not rounded away;
+* **the input embedding's gradient row by row** (one process; see ``_LossModel``), not as the
+  dense vocabulary x hidden matrix autograd builds and adds to the tied output layer's (this
+  one pays in a fresh process; in a warm one it did not show over the noise).
 """
 
 from __future__ import annotations
@@ -251,9 +254,11 @@ class _LossModel(torch.nn.Module):
     rows that were looked up into the weight's gradient. Autograd would build a dense
     vocabulary x hidden gradient for the lookup (zero-filled, 113 MB for SmolLM2's 49152 x 576)
     and, the weight being tied to the output layer, add it to that layer's dense gradient: a
-    fill and an add over 28M floats a micro-batch for a few hundred rows, 9-13% of a step on
-    2 CPU cores (torch.profiler, the default task). Only for a plain ``nn.Embedding`` whose
-    weight trains, and in one process (gradient sync is hooked on autograd).
+    fill and an add over 28M floats a micro-batch for a few hundred rows: 12-15% of a step in
+    a fresh process on 2 CPU cores (torch.profiler, the default task), where those buffers are
+    page-faulted in; next to nothing once the heap is warm (README, "CPU speed"). Only for a
+    plain ``nn.Embedding`` whose weight trains, and in one process (gradient sync is hooked on
+    autograd).
     """
 
     def __init__(self, model, embedding_in_place: bool = False):
@@ -286,9 +291,13 @@ class _LossModel(torch.nn.Module):
         if embedding.padding_idx is not None:  # as nn.Embedding: no gradient for the padding row
             keep = ids != embedding.padding_idx
             ids, grad = ids[keep], grad[keep]
+        # Summed per row first, in token order, then added to the output layer's gradient: the
+        # additions autograd does, in its order, so the result is the same to the last bit.
+        rows, inverse = ids.unique(return_inverse=True)
+        summed = grad.new_zeros(len(rows), grad.shape[-1]).index_add_(0, inverse, grad)
         if weight.grad is None:  # untied: the output layer did not write it
             weight.grad = torch.zeros_like(weight)
-        weight.grad.index_add_(0, ids, grad.to(weight.grad.dtype))
+        weight.grad.index_add_(0, rows, summed.to(weight.grad.dtype))
 
 
 def _accelerator(cfg):
