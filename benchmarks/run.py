@@ -37,10 +37,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from selftaught.allocator import tune_allocator
+from selftaught.allocator import ENVIRONMENT as ALLOCATOR_ENV, tune_allocator
 
 # As `selftaught` does, before torch's first tensor (SELFTAUGHT_TUNE_ALLOCATOR=0: off). The plain
-# baseline runs in this process too, so it gets the same allocator: no advantage to either side.
+# baseline in this process gets the same allocator; (c) also runs it in a default process.
 ALLOCATOR = tune_allocator()
 
 import torch  # noqa: E402
@@ -306,10 +306,6 @@ def bench_training(base, examples: list[TrainExample], config, steps: int, work:
     ]
 
 
-# What selftaught.allocator sets for itself and its children; a plain script's process has none.
-ALLOCATOR_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "THP_MEM_ALLOC_ENABLE")
-
-
 def plain_iteration_in_default_process(child_argv: list[str], work: Path) -> dict:
     """The plain iteration in a child process with glibc's and torch's default allocator, as a
     script of plain ``generate`` + ``Trainer`` runs: the tuning selftaught applies to itself
@@ -392,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="prompts for plain generate at batch 1 (default 32: it is slow)")
     parser.add_argument("--train-steps", type=int, default=20, help="optimizer steps for (b)")
     parser.add_argument("--skip-iteration", action="store_true", help="skip (c)")
-    parser.add_argument("--only-iteration", action="store_true", help="run (c) alone (~11 minutes on 2 cores)")
+    parser.add_argument("--only-iteration", action="store_true", help="run (c) alone (~20 minutes on 2 cores)")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"),
                         help="markdown file the results are appended to")
     parser.add_argument("--plain-iteration-json", type=Path, help=argparse.SUPPRESS)  # the child above
@@ -437,8 +433,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"## {when}\n\nMachine: {machine()}.\nModel `{config.model.name_or_path}`, task "
               f"`{config.task.name}` {json.dumps(config.task.options)}, {len(train)} training and "
               f"{len(held_out)} held-out questions, generation batch {config.generation.batch_size}, "
-              f"{config.training.batch_size} sequences a step; allocator tuned (selftaught/allocator.py, "
-              f"both sides): {ALLOCATOR}. Whole benchmark: "
+              f"{config.training.batch_size} sequences a step; allocator tuned in this process "
+              f"(selftaught/allocator.py): {ALLOCATOR}. Whole benchmark: "
               f"{time.perf_counter() - started:.0f} s.")
     text = markdown(rows, header)
     print(text)

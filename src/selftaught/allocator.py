@@ -31,6 +31,8 @@ import platform
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+# What tune_allocator sets in the environment for the processes this one starts.
+ENVIRONMENT = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "THP_MEM_ALLOC_ENABLE")
 
 
 def tune_allocator() -> dict[str, bool]:
