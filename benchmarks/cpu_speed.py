@@ -1,14 +1,14 @@
 """How close the CPU paths come to this machine's own limits, and to llama.cpp.
 
-    python benchmarks/cpu_speed.py                                   # (a) and (b), ~10 minutes on 2 cores
-    python benchmarks/cpu_speed.py --llama-cpp /path/to/llama.cpp/build/bin   # and (c)
+    python benchmarks/cpu_speed.py                                   # (a) and (b), ~15 minutes on 2 cores
+    python benchmarks/cpu_speed.py --llama-cpp /path/to/llama.cpp/build/bin   # and (c), ~15 more
 
 On the model and task of configs/default.yaml:
 
 (a) fine-tuning: our trainer on the default's short question + rationale sequences, 8 a step:
     tokens/s, MFU (6·N·tokens/s) against the matmul peak measured here in the training
     precision, the share of a step the optimizer takes, and the losses;
-(b) decoding: the shared-prefix generator in fp32 and in bf16, at batch 64, 128 and 256, on
+(b) decoding: the shared-prefix generator in fp32 and in bf16, at batch 64, 128, 256 and 512, on
     the same held-out prompts, greedy: useful tokens/s (up to the stop string), the fraction of
     the compute limit (2·N FLOPs a token over the same peak in that precision), and how many
     outputs are the same in both precisions. Where the processor only emulates bf16 (no
@@ -23,7 +23,11 @@ On the model and task of configs/default.yaml:
     sizes and 2 threads. Our tokens/s as a ratio to its decode tokens/s on the same work (the
     fixed rows of (b)), batch by batch and best batch against best batch; and, for reference,
     our useful tokens/s on held-out questions against it (ours then also prefills each question,
-    and llama.cpp's count includes tokens past an answer: not the same work).
+    and llama.cpp's count includes tokens past an answer: not the same work). Then the held-out
+    questions themselves through ``llama-server`` (f32, at each ``--server-slots`` setting),
+    started as ``generation.backend=openai`` starts it, its slots warmed with the few-shot
+    prefix first: useful tokens/s counted as ours are, how many answers equal ours, and our
+    useful tokens/s at each batch size as a ratio to its best.
 
 Appends the table, with the date and the machine, to benchmarks/RESULTS.md.
 """
@@ -133,7 +137,8 @@ def memory_bandwidth(gib: float = 0.5, seconds: float = 1.0) -> float:
     return best
 
 
-def bench_decoding(base: str, config, task, held_out, batches: list[int]) -> list[Row]:
+def bench_decoding(base: str, config, task, held_out, batches: list[int]) -> tuple[list[Row], list[str]]:
+    """Rows, and the fp32 completions at the first batch size (to compare llama-server's with)."""
     g = config.generation
     stop = tuple(g.stop or task.stop)
     prompts = [task.prompt(e) for e in held_out]
@@ -172,7 +177,7 @@ def bench_decoding(base: str, config, task, held_out, batches: list[int]) -> lis
             rows[-1].note += f"; outputs identical across batch sizes: {same_b} of {len(prompts)}"
             rows += fixed_decode(generator, task.fewshot_prompt(), sizes, peak, n_params)
         generator.close()
-    return rows
+    return rows, outputs["float32"][batches[0]]
 
 
 def fixed_decode(generator, prompt: str, batches: list[int], peak: float, n_params: int,
@@ -254,6 +259,59 @@ def bench_llama_cpp(bin_dir: Path, base: str, batches: list[int], prefix_tokens:
     return rows
 
 
+def bench_llama_server(bin_dir: Path, base: str, config, task, train, held_out, slots: list[int],
+                       ours: dict[int, float], our_texts: list[str]) -> list[Row]:
+    """llama-server on the held-out questions: the work of (b)'s question rows, on both sides.
+
+    Served as a user of ``generation.backend=openai`` would serve it (``server_command`` with
+    ``{gguf}``, f32, ``-np`` slots, 2 threads), the same prompts sent ``-np`` at a time, the same
+    stop strings and greedy decoding, and the answers counted with the same ``useful_tokens``.
+    Before the timed pass each slot answers one training question (untimed), so that it holds
+    the few-shot prefix in its cache, as (b) encodes the prefix before timing: every timed
+    prompt then reuses the prefix and encodes only its question, as ours does.
+    """
+    server = bin_dir / "llama-server"
+    prompts = [task.prompt(e) for e in held_out]
+    stop = tuple(config.generation.stop or task.stop)
+    params = SamplingParams(max_new_tokens=config.generation.max_new_tokens, stop=stop)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    longest = max(len(x) for x in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    threads = torch.get_num_threads()
+    rows, best = [], (0.0, 0)
+    for n in slots:
+        ctx = n * (longest + params.max_new_tokens + 16)  # -c is split evenly over the -np slots
+        overrides = [
+            "generation.backend=openai", "generation.openai.gguf_type=f32",
+            f"generation.openai.gguf_converter={_convert_script(bin_dir)}",
+            f"generation.openai.server_command={server} -m {{gguf}} --alias {{model}} --port {{port}} "
+            f"-np {n} -c {ctx} -t {threads}",
+            f"generation.openai.concurrency={n}", "generation.openai.timeout=600",
+        ]
+        g = load_config(str(ROOT / "configs" / "default.yaml"), overrides).generation
+        start = time.perf_counter()
+        generator = get_generator(base, config.model, g)  # converts the checkpoint, starts the server
+        started = time.perf_counter() - start
+        try:
+            generator.generate([task.prompt(e) for e in train[:n]], params, desc=f"llama-server -np {n} warm-up")
+            start = time.perf_counter()
+            texts = [c[0].text for c in generator.generate(prompts, params, desc=f"llama-server -np {n}")]
+            seconds = time.perf_counter() - start
+        finally:
+            generator.close()
+        tps = useful_tokens(tokenizer, texts) / seconds
+        best = max(best, (tps, n))
+        same = sum(a == b for a, b in zip(texts, our_texts))
+        rows.append(Row("llama.cpp", f"llama-server, f32, -np {n}, {len(prompts)} held-out prompts", tps, "tokens/s",
+                        f"{seconds:.1f} s; useful tokens, as ours; conversion and start {started:.0f} s, not "
+                        f"timed; {same}/{len(prompts)} answers identical to ours (fp32)"))
+    for b, ours_tps in sorted(ours.items()):
+        rows.append(Row("llama.cpp", f"ours (fp32) at batch {b} / llama-server f32 at its best -np, "
+                        "held-out questions, the same work", ours_tps / best[0], "x",
+                        f"llama-server at -np {best[1]}; both prefill each question after a cached few-shot "
+                        "prefix and count useful tokens"))
+    return rows
+
+
 def _convert_script(bin_dir: Path) -> Path:
     """llama.cpp's convert_hf_to_gguf.py, from the source tree the binaries were built in."""
     for folder in [bin_dir, *bin_dir.parents]:
@@ -267,9 +325,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--train-steps", type=int, default=12)
-    parser.add_argument("--prompts", type=int, default=256, help="held-out prompts decoded in (b)")
-    parser.add_argument("--batches", default="64,128,256")
-    parser.add_argument("--llama-cpp", type=Path, help="folder with llama.cpp's llama-batched-bench")
+    parser.add_argument("--prompts", type=int, default=512, help="held-out prompts decoded in (b)")
+    parser.add_argument("--batches", default="64,128,256,512")
+    parser.add_argument("--llama-cpp", type=Path, help="folder with llama.cpp's llama-batched-bench "
+                        "(and llama-server, for the held-out questions)")
+    parser.add_argument("--server-slots", default="32,64,128",
+                        help="llama-server -np settings tried on the held-out questions (its best is compared)")
     parser.add_argument("--skip", default="", help="comma-separated sections to skip: training,decoding")
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args(argv)
@@ -285,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     base = resolve_base_model(config.model)
     started = time.perf_counter()
     rows: list[Row] = []
+    notes: list[str] = []  # what was skipped, and why
     with tempfile.TemporaryDirectory(prefix="selftaught-cpu-") as tmp:
         if "training" not in skip:
             print("(a) fine-tuning ...", file=sys.stderr)
@@ -292,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         ours = {}
         if "decoding" not in skip:
             print("(b) decoding ...", file=sys.stderr)
-            decoding = bench_decoding(base, config, task, held_out, batches)
+            decoding, our_texts = bench_decoding(base, config, task, held_out, batches)
             rows += decoding
             for r in decoding:
                 if "float32" in r.what:
@@ -302,6 +364,15 @@ def main(argv: list[str] | None = None) -> int:
             print("(c) llama.cpp ...", file=sys.stderr)
             prefix = len(AutoTokenizer.from_pretrained(base)(task.fewshot_prompt(), add_special_tokens=False)["input_ids"])
             rows += bench_llama_cpp(args.llama_cpp, base, batches, prefix, ours, Path(tmp))
+            if "decoding" in skip:
+                notes.append("llama-server on the held-out questions: skipped (it is compared with (b), "
+                             "which was skipped)")
+            elif not (args.llama_cpp / "llama-server").exists():
+                notes.append(f"llama-server on the held-out questions: skipped (no llama-server in {args.llama_cpp})")
+            else:
+                slots = [int(n) for n in args.server_slots.split(",")]
+                rows += bench_llama_server(args.llama_cpp, base, config, task, train, held_out, slots,
+                                           ours["questions"], our_texts)
         else:
             print("(c) llama.cpp: skipped (no --llama-cpp folder given)", file=sys.stderr)
 
@@ -309,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"## {when}: CPU speed (benchmarks/cpu_speed.py)\n\nMachine: {machine()}.\n"
               f"Model `{config.model.name_or_path}`, task `{config.task.name}`; allocator tuned "
               f"(selftaught/allocator.py): {ALLOCATOR}; whole benchmark "
-              f"{time.perf_counter() - started:.0f} s.")
+              f"{time.perf_counter() - started:.0f} s." + "".join(f"\n\n{n}." for n in notes))
     text = markdown(rows, header)
     print(text)
     with Path(args.results).open("a") as f:

@@ -73,3 +73,51 @@ def test_cpu_speed_measures_training_and_both_precisions(tiny_model, tmp_path):
     assert re.search(r"(28|40) bytes a parameter x [\d.]+M", text)
     with pytest.raises(SystemExit, match="no llama-batched-bench there"):
         cpu_speed.main(argv + ["--llama-cpp", str(tmp_path)])
+
+
+def test_cpu_speed_llama_server_on_the_held_out_questions(tiny_model, tmp_path):
+    """(c)'s llama-server part, against a stand-in llama-server (tests/test_server_openai.py's
+    completions server, answering with our generator) and a stand-in converter: the server is
+    started per -np setting, warmed, timed on the same prompts, and its answers compared with ours."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("cpu_speed", ROOT / "benchmarks" / "cpu_speed.py")
+    cpu_speed = importlib.util.module_from_spec(spec)
+    sys.modules["cpu_speed"] = cpu_speed
+    spec.loader.exec_module(cpu_speed)
+    bin_dir = tmp_path / "build" / "bin"
+    bin_dir.mkdir(parents=True)
+    (tmp_path / "convert_hf_to_gguf.py").write_text(  # found in a folder above the binaries, as in llama.cpp's tree
+        "import argparse, pathlib\n"
+        "p = argparse.ArgumentParser(); p.add_argument('model'); p.add_argument('--outtype'); p.add_argument('--outfile')\n"
+        "a = p.parse_args(); pathlib.Path(a.outfile).write_text(a.outtype + ' ' + a.model)\n")
+    server = bin_dir / "llama-server"  # takes llama-server's arguments, serves --alias on --port
+    server.write_text(
+        f"#!{sys.executable}\n"
+        "import argparse, pathlib, sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "p = argparse.ArgumentParser()\n"
+        "for a in ('-m', '--alias', '-np', '-c', '-t'): p.add_argument(a)\n"
+        "p.add_argument('--port', type=int)\n"
+        "a = p.parse_args()\n"
+        "assert pathlib.Path(a.m).read_text() == 'f32 ' + a.alias, 'not the f32 conversion of the model'\n"
+        "from test_server_openai import CompletionsServer\n"
+        "CompletionsServer(a.alias, a.port).serve_forever()\n")
+    server.chmod(0o755)
+    config = cpu_speed.load_config(str(ROOT / "configs" / "default.yaml"), [
+        f"model.name_or_path={tiny_model}", "model.dtype=float32", "task.options.digits_max=1",
+        "generation.max_new_tokens=16"])
+    task = cpu_speed.get_task(config.task.name, config.task.options)
+    train, held_out = task.load("train", 8, 0), task.load("test", 6, 0)
+    ours = [c[0].text for c in cpu_speed.get_generator(tiny_model, config.model, config.generation).generate(
+        [task.prompt(e) for e in held_out],
+        cpu_speed.SamplingParams(max_new_tokens=16, stop=tuple(task.stop)))]
+    rows = cpu_speed.bench_llama_server(bin_dir, tiny_model, config, task, train, held_out, [2, 3],
+                                        {4: 100.0, 8: 150.0}, ours)
+    served = [r for r in rows if r.unit == "tokens/s"]
+    assert [r.what for r in served] == ["llama-server, f32, -np 2, 6 held-out prompts",
+                                        "llama-server, f32, -np 3, 6 held-out prompts"]
+    assert all(r.value > 0 and "6/6 answers identical to ours" in r.note for r in served), served
+    best = max(served, key=lambda r: r.value)
+    ratios = [r for r in rows if r.unit == "x"]
+    assert [round(r.value * best.value) for r in ratios] == [100, 150]
+    assert all(f"-np {best.what.split('-np ')[1].split(',')[0]}" in r.note for r in ratios)
