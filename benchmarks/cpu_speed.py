@@ -57,7 +57,8 @@ from run import ROOT, Row, machine, markdown, useful_tokens  # noqa: E402  (benc
 
 from selftaught.config import load_config  # noqa: E402
 from selftaught.generation import SamplingParams, get_generator  # noqa: E402
-from selftaught.generation.openai_server import convert_to_gguf  # noqa: E402
+from selftaught.generation.openai_server import (ServerRequestError, ServerUnavailableError,  # noqa: E402
+                                                 convert_to_gguf)
 from selftaught.models import embedded_gguf, resolve_base_model  # noqa: E402
 from selftaught.tasks import get_task  # noqa: E402
 from selftaught.training import TrainExample, get_trainer  # noqa: E402
@@ -66,6 +67,7 @@ from selftaught.training.transformers_backend import _bf16_supported  # noqa: E4
 
 
 LLAMA_NEW_TOKENS = 32  # tokens decoded a sequence in llama-batched-bench (-ntg) and in fixed_decode
+LLAMA_MAX_SEQ = 256  # llama.cpp decodes at most this many sequences at once (LLAMA_MAX_SEQ in src/llama-cparams.h)
 
 
 def training_examples(task, examples) -> list[TrainExample]:
@@ -228,13 +230,19 @@ def bench_llama_cpp(bin_dir: Path, base: str, batches: list[int], prefix_tokens:
         convert_to_gguf(base, str(convert), outtype, out)
         models[outtype] = (out, time.perf_counter() - start)
     models["q4_1 (the embedded GGUF)"] = (embedded_gguf(), 0.0)
+    batches = [b for b in batches if b <= LLAMA_MAX_SEQ]
+    if not batches:
+        raise LlamaCppError(f"no batch size of --batches is within llama.cpp's {LLAMA_MAX_SEQ} sequences")
     ctx = prefix_tokens + max(batches) * LLAMA_NEW_TOKENS + 64
     best: dict[str, tuple[float, int]] = {}  # precision: (best decode tokens/s, its batch)
     for name, (path, convert_s) in models.items():
         p = subprocess.run([str(bench), "-m", str(path), "-c", str(ctx), "-b", "2048", "-ub", "512",
                             "-npp", str(prefix_tokens), "-ntg", str(LLAMA_NEW_TOKENS), "-npl", ",".join(map(str, batches)),
                             "-pps", "-t", str(torch.get_num_threads()), "--output-format", "jsonl"],
-                           check=True, capture_output=True, text=True)
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            tail = " ".join(p.stderr.strip().splitlines()[-2:]) or f"exit status {p.returncode}"
+            raise LlamaCppError(f"llama-batched-bench on the {name} model failed: {tail}")
         for line in p.stdout.splitlines():
             if not line.startswith("{"):
                 continue
@@ -312,6 +320,10 @@ def bench_llama_server(bin_dir: Path, base: str, config, task, train, held_out, 
     return rows
 
 
+class LlamaCppError(RuntimeError):
+    """llama.cpp's benchmark failed; what was measured before it is still written."""
+
+
 def _convert_script(bin_dir: Path) -> Path:
     """llama.cpp's convert_hf_to_gguf.py, from the source tree the binaries were built in."""
     for folder in [bin_dir, *bin_dir.parents]:
@@ -336,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.llama_cpp and not (args.llama_cpp / "llama-batched-bench").exists():
         raise SystemExit(f"--llama-cpp {args.llama_cpp}: no llama-batched-bench there")
+    slots = [int(n) for n in args.server_slots.split(",")]
+    if max(slots) > LLAMA_MAX_SEQ:
+        raise SystemExit(f"--server-slots {args.server_slots}: llama-server runs at most {LLAMA_MAX_SEQ} slots")
     skip = set(filter(None, args.skip.split(",")))
     batches = [int(b) for b in args.batches.split(",")]
 
@@ -360,19 +375,26 @@ def main(argv: list[str] | None = None) -> int:
                 if "float32" in r.what:
                     kind = "fixed" if "llama-batched-bench" in r.what else "questions"
                     ours.setdefault(kind, {})[int(re.search(r"batch (\d+)", r.what)[1])] = r.value
+        failed = None
         if args.llama_cpp:
             print("(c) llama.cpp ...", file=sys.stderr)
             prefix = len(AutoTokenizer.from_pretrained(base)(task.fewshot_prompt(), add_special_tokens=False)["input_ids"])
-            rows += bench_llama_cpp(args.llama_cpp, base, batches, prefix, ours, Path(tmp))
-            if "decoding" in skip:
-                notes.append("llama-server on the held-out questions: skipped (it is compared with (b), "
-                             "which was skipped)")
-            elif not (args.llama_cpp / "llama-server").exists():
-                notes.append(f"llama-server on the held-out questions: skipped (no llama-server in {args.llama_cpp})")
-            else:
-                slots = [int(n) for n in args.server_slots.split(",")]
-                rows += bench_llama_server(args.llama_cpp, base, config, task, train, held_out, slots,
-                                           ours["questions"], our_texts)
+            if max(batches) > LLAMA_MAX_SEQ:
+                notes.append(f"llama-batched-bench ran the batch sizes up to {LLAMA_MAX_SEQ}, the most sequences "
+                             "llama.cpp decodes at once (LLAMA_MAX_SEQ); ours at each size is compared with its best")
+            try:
+                rows += bench_llama_cpp(args.llama_cpp, base, batches, prefix, ours, Path(tmp))
+                if "decoding" in skip:
+                    notes.append("llama-server on the held-out questions: skipped (it is compared with (b), "
+                                 "which was skipped)")
+                elif not (args.llama_cpp / "llama-server").exists():
+                    notes.append(f"llama-server on the held-out questions: skipped (no llama-server in {args.llama_cpp})")
+                else:
+                    rows += bench_llama_server(args.llama_cpp, base, config, task, train, held_out, slots,
+                                               ours["questions"], our_texts)
+            except (LlamaCppError, ServerUnavailableError, ServerRequestError) as e:
+                failed = f"llama.cpp failed, the rows before it are kept: {e}"
+                notes.append(failed)
         else:
             print("(c) llama.cpp: skipped (no --llama-cpp folder given)", file=sys.stderr)
 
@@ -385,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     with Path(args.results).open("a") as f:
         f.write("\n" + text)
+    if failed:
+        print(f"cpu_speed.py: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 

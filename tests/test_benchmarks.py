@@ -73,6 +73,19 @@ def test_cpu_speed_measures_training_and_both_precisions(tiny_model, tmp_path):
     assert re.search(r"(28|40) bytes a parameter x [\d.]+M", text)
     with pytest.raises(SystemExit, match="no llama-batched-bench there"):
         cpu_speed.main(argv + ["--llama-cpp", str(tmp_path)])
+    # llama.cpp failing after (b) ran: its error in the results, (b)'s rows still written.
+    failing = tmp_path / "bin"
+    failing.mkdir()
+    (failing / "llama-batched-bench").write_text("#!/bin/sh\necho 'n_seq_max must be <= 256' >&2\nexit 1\n")
+    (failing / "llama-batched-bench").chmod(0o755)
+    (tmp_path / "convert_hf_to_gguf.py").write_text(
+        "import argparse, pathlib\n"
+        "p = argparse.ArgumentParser(); p.add_argument('model'); p.add_argument('--outtype'); p.add_argument('--outfile')\n"
+        "a = p.parse_args(); pathlib.Path(a.outfile).write_text(a.outtype)\n")
+    assert cpu_speed.main(argv + ["--skip", "training", "--batches", "4", "--llama-cpp", str(failing)]) == 1
+    last = results.read_text().split("\n## ")[-1]
+    assert "llama-batched-bench on the f32 model failed: n_seq_max must be <= 256" in last
+    assert "float32, batch 4, 8 prompts" in last and "fine-tuning |" not in last
 
 
 def test_cpu_speed_llama_server_on_the_held_out_questions(tiny_model, tmp_path):
