@@ -1,7 +1,7 @@
 """How close the CPU paths come to this machine's own limits, and to llama.cpp.
 
-    python benchmarks/cpu_speed.py                                   # (a) and (b), ~15 minutes on 2 cores
-    python benchmarks/cpu_speed.py --llama-cpp /path/to/llama.cpp/build/bin   # and (c), ~15 more
+    python benchmarks/cpu_speed.py                                   # (a) and (b), ~10 minutes on 2 cores
+    python benchmarks/cpu_speed.py --llama-cpp /path/to/llama.cpp/build/bin   # and (c), ~7 more
 
 On the model and task of configs/default.yaml:
 
@@ -20,8 +20,9 @@ On the model and task of configs/default.yaml:
     converted to GGUF (f32 and bf16, conversion time reported) and the embedded Q4_1 GGUF, in
     ``llama-batched-bench`` (its converter needs ``pip install sentencepiece``) with a shared
     prompt of the few-shot prefix's length and 32 new tokens a sequence, at the same batch
-    sizes and 2 threads. Our tokens/s as a ratio to its decode tokens/s on the same work (the
-    fixed rows of (b)), batch by batch and best batch against best batch; and, for reference,
+    sizes up to 256 (the most sequences llama.cpp decodes at once) and 2 threads. Our tokens/s
+    as a ratio to its decode tokens/s on the same work (the fixed rows of (b)), batch by batch
+    and best batch against best batch; and, for reference,
     our useful tokens/s on held-out questions against it (ours then also prefills each question,
     and llama.cpp's count includes tokens past an answer: not the same work). Then the held-out
     questions themselves through ``llama-server`` (f32, at each ``--server-slots`` setting),
