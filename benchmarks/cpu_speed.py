@@ -333,6 +333,17 @@ def _convert_script(bin_dir: Path) -> Path:
     raise SystemExit(f"--llama-cpp {bin_dir}: no convert_hf_to_gguf.py above it (give the build's bin folder)")
 
 
+def _sizes(flag: str, text: str) -> list[int]:
+    """'64,128,256' as [64, 128, 256]; anything else is one line saying what to give."""
+    try:
+        sizes = [int(n) for n in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise SystemExit(f"{flag} {text}: give positive whole numbers separated by commas, e.g. 64,128,256")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -349,11 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.llama_cpp and not (args.llama_cpp / "llama-batched-bench").exists():
         raise SystemExit(f"--llama-cpp {args.llama_cpp}: no llama-batched-bench there")
-    slots = [int(n) for n in args.server_slots.split(",")]
+    slots = _sizes("--server-slots", args.server_slots)
     if max(slots) > LLAMA_MAX_SEQ:
         raise SystemExit(f"--server-slots {args.server_slots}: llama-server runs at most {LLAMA_MAX_SEQ} slots")
     skip = set(filter(None, args.skip.split(",")))
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = _sizes("--batches", args.batches)
 
     config = load_config(str(ROOT / "configs" / "default.yaml"), args.overrides)
     task = get_task(config.task.name, config.task.options)

@@ -8,12 +8,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "run.py")
+def _load(name: str, file: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / file)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # dataclasses look their module up there
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def _bench():
+    return _load("bench", "run.py")
+
+
+def _cpu_speed():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # it imports benchmarks/run.py as `run`
+    return _load("cpu_speed", "cpu_speed.py")
+
+
+def _stand_in_converter(folder: Path) -> None:
+    """convert_hf_to_gguf.py's arguments; writes 'TYPE MODEL_PATH' as the "GGUF"."""
+    (folder / "convert_hf_to_gguf.py").write_text(
+        "import argparse, pathlib\n"
+        "p = argparse.ArgumentParser(); p.add_argument('model'); p.add_argument('--outtype'); p.add_argument('--outfile')\n"
+        "a = p.parse_args(); pathlib.Path(a.outfile).write_text(a.outtype + ' ' + a.model)\n")
 
 
 def test_benchmark_writes_every_ratio(tiny_model, tmp_path, capsys):
@@ -47,11 +64,7 @@ def test_cpu_speed_measures_training_and_both_precisions(tiny_model, tmp_path):
     """benchmarks/cpu_speed.py on the tiny model: (a) and (b) measured, (c) refused without a binary."""
     import pytest
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("cpu_speed", ROOT / "benchmarks" / "cpu_speed.py")
-    cpu_speed = importlib.util.module_from_spec(spec)
-    sys.modules["cpu_speed"] = cpu_speed
-    spec.loader.exec_module(cpu_speed)
+    cpu_speed = _cpu_speed()
     results = tmp_path / "RESULTS.md"
     argv = [f"model.name_or_path={tiny_model}", "task.options.digits_max=1", "task.train_size=16",
             "generation.max_new_tokens=16", "--train-steps", "2", "--prompts", "8", "--batches", "4,8",
@@ -73,36 +86,33 @@ def test_cpu_speed_measures_training_and_both_precisions(tiny_model, tmp_path):
     assert re.search(r"(28|40) bytes a parameter x [\d.]+M", text)
     with pytest.raises(SystemExit, match="no llama-batched-bench there"):
         cpu_speed.main(argv + ["--llama-cpp", str(tmp_path)])
-    # llama.cpp failing after (b) ran: its error in the results, (b)'s rows still written.
+    for flag, bad in [("--batches", "64,x"), ("--server-slots", "0")]:
+        with pytest.raises(SystemExit, match=f"{flag} {bad}: give positive whole numbers"):
+            cpu_speed.main(argv + [flag, bad])
+    with pytest.raises(SystemExit, match="llama-server runs at most 256 slots"):
+        cpu_speed.main(argv + ["--server-slots", "64,512"])
+    # llama.cpp failing after (b) ran: its error in the results, (b)'s rows still written; and
+    # batch sizes past llama.cpp's 256 sequences (ours runs 300) are not asked of it.
     failing = tmp_path / "bin"
     failing.mkdir()
-    (failing / "llama-batched-bench").write_text("#!/bin/sh\necho 'n_seq_max must be <= 256' >&2\nexit 1\n")
+    (failing / "llama-batched-bench").write_text("#!/bin/sh\necho \"$*\" >&2\necho 'n_seq_max must be <= 256' >&2\nexit 1\n")
     (failing / "llama-batched-bench").chmod(0o755)
-    (tmp_path / "convert_hf_to_gguf.py").write_text(
-        "import argparse, pathlib\n"
-        "p = argparse.ArgumentParser(); p.add_argument('model'); p.add_argument('--outtype'); p.add_argument('--outfile')\n"
-        "a = p.parse_args(); pathlib.Path(a.outfile).write_text(a.outtype)\n")
-    assert cpu_speed.main(argv + ["--skip", "training", "--batches", "4", "--llama-cpp", str(failing)]) == 1
+    _stand_in_converter(tmp_path)
+    assert cpu_speed.main(argv + ["--skip", "training", "--batches", "4,300", "--llama-cpp", str(failing)]) == 1
     last = results.read_text().split("\n## ")[-1]
-    assert "llama-batched-bench on the f32 model failed: n_seq_max must be <= 256" in last
-    assert "float32, batch 4, 8 prompts" in last and "fine-tuning |" not in last
+    assert re.search(r"llama-batched-bench on the f32 model failed: .* -npl 4 -pps .* n_seq_max must be <= 256", last)
+    assert "ran the batch sizes up to 256" in last
+    assert "float32, batch 300, 8 prompts" in last and "fine-tuning |" not in last
 
 
 def test_cpu_speed_llama_server_on_the_held_out_questions(tiny_model, tmp_path):
     """(c)'s llama-server part, against a stand-in llama-server (tests/test_server_openai.py's
     completions server, answering with our generator) and a stand-in converter: the server is
     started per -np setting, warmed, timed on the same prompts, and its answers compared with ours."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("cpu_speed", ROOT / "benchmarks" / "cpu_speed.py")
-    cpu_speed = importlib.util.module_from_spec(spec)
-    sys.modules["cpu_speed"] = cpu_speed
-    spec.loader.exec_module(cpu_speed)
+    cpu_speed = _cpu_speed()
     bin_dir = tmp_path / "build" / "bin"
     bin_dir.mkdir(parents=True)
-    (tmp_path / "convert_hf_to_gguf.py").write_text(  # found in a folder above the binaries, as in llama.cpp's tree
-        "import argparse, pathlib\n"
-        "p = argparse.ArgumentParser(); p.add_argument('model'); p.add_argument('--outtype'); p.add_argument('--outfile')\n"
-        "a = p.parse_args(); pathlib.Path(a.outfile).write_text(a.outtype + ' ' + a.model)\n")
+    _stand_in_converter(tmp_path)  # found in a folder above the binaries, as in llama.cpp's tree
     server = bin_dir / "llama-server"  # takes llama-server's arguments, serves --alias on --port
     server.write_text(
         f"#!{sys.executable}\n"
@@ -131,6 +141,7 @@ def test_cpu_speed_llama_server_on_the_held_out_questions(tiny_model, tmp_path):
                                         "llama-server, f32, -np 3, 6 held-out prompts"]
     assert all(r.value > 0 and "6/6 answers identical to ours" in r.note for r in served), served
     best = max(served, key=lambda r: r.value)
+    best_np = re.search(r"-np (\d+),", best.what)[1]
     ratios = [r for r in rows if r.unit == "x"]
     assert [round(r.value * best.value) for r in ratios] == [100, 150]
-    assert all(f"-np {best.what.split('-np ')[1].split(',')[0]}" in r.note for r in ratios)
+    assert all(r.note.startswith(f"llama-server at -np {best_np};") for r in ratios)
