@@ -10,12 +10,13 @@ On the model and task of configs/default.yaml:
     precision, the share of a step the optimizer takes, and the losses;
 (b) decoding: the shared-prefix generator in fp32 and in bf16, at batch 64, 128, 256 and 512, on
     the same held-out prompts, greedy: useful tokens/s (up to the stop string), the fraction of
-    the compute limit (2·N FLOPs a token over the same peak in that precision), and how many
-    outputs are the same in both precisions. Where the processor only emulates bf16 (no
+    the compute limit (2·N FLOPs a token over the same peak in that precision), how many
+    answers are right, and how many outputs are the same in both precisions. Where the processor only emulates bf16 (no
     AVX-512 BF16 / AMX), bf16 decodes one batch at the smallest size only (its matmuls are
     emulated: ~100x slower than fp32 on large squares, ~5x on decode-sized products); and
     fp32 on llama-batched-bench's own workload: the few-shot prompt shared by every row, 32
-    tokens decoded a row, EOS ignored;
+    tokens decoded a row, EOS ignored; and the precision ``model.dtype=auto`` picks here, with the
+    decode-step timings behind it;
 (c) llama.cpp (optional; skipped with the reason when no binary is given): the same checkpoint
     converted to GGUF (f32 and bf16, conversion time reported) and the embedded Q4_1 GGUF, in
     ``llama-batched-bench`` (its converter needs ``pip install sentencepiece``) with a shared
@@ -166,10 +167,13 @@ def bench_decoding(base: str, config, task, held_out, batches: list[int]) -> tup
             seconds = time.perf_counter() - start
             tps = useful_tokens(tokenizer, texts) / seconds
             outputs.setdefault(dtype, {})[b] = texts
-            same = ""
+            right = sum(task.is_correct(task.extract_answer(t, e), e) for t, e in zip(texts, held_out))
+            same = f"; {right}/{n} correct"
             if dtype == "bfloat16":
                 fp32 = outputs["float32"][batches[0]][:n]
-                same = f"; {sum(a == c for a, c in zip(texts, fp32))}/{n} outputs identical to fp32"
+                fp32_right = sum(task.is_correct(task.extract_answer(t, e), e) for t, e in zip(fp32, held_out))
+                same += (f" ({fp32_right} in fp32); {sum(a == c for a, c in zip(texts, fp32))}/{n} "
+                         "outputs identical to fp32")
             limit = (f"{2 * n_params * tps / (peak * 1e12):.1%} of the compute limit (2·N FLOPs a "
                      f"useful token over the {dtype} peak of {peak * 1000:.0f} GFLOP/s)") if peak else \
                 "bf16 is emulated on this processor (no AVX-512 BF16)"
@@ -180,7 +184,21 @@ def bench_decoding(base: str, config, task, held_out, batches: list[int]) -> tup
             rows[-1].note += f"; outputs identical across batch sizes: {same_b} of {len(prompts)}"
             rows += fixed_decode(generator, task.fewshot_prompt(), sizes, peak, n_params)
         generator.close()
+    rows.append(auto_precision(base, config))
     return rows, outputs["float32"][batches[0]]
+
+
+def auto_precision(base: str, config) -> Row:
+    """What ``model.dtype=auto`` picks on this processor at the configured batch, timed afresh."""
+    with tempfile.TemporaryDirectory() as cache:
+        model = dataclasses.replace(config.model, dtype="auto", cache_dir=cache)
+        generator = get_generator(base, model, config.generation)
+        p = generator.precision
+        generator.close()
+    return Row("decoding", f"model.dtype=auto at batch {p['batch']} picks {p['dtype']}",
+               p["float32_s"] / p["bfloat16_s"], "x bf16/fp32 speed",
+               f"one decode step took {p['float32_s']:.3f} s in fp32 and {p['bfloat16_s']:.3f} s in bf16; "
+               "bf16 is kept only when it is 1.1x faster")
 
 
 def fixed_decode(generator, prompt: str, batches: list[int], peak: float, n_params: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -21,7 +22,8 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_readme_example_runs_on_the_tiny_model(tmp_path, tiny_model, capsys):
+def test_the_readme_example_runs_on_the_tiny_model(tmp_path, tiny_model, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # model.dtype=auto keeps its verdict there
     code = readme_example()
     assert '"smollm2-135m-instruct"' in code and '"runs/python-api"' in code
     # Only where the model and the run folder are: the rest runs exactly as the README shows it.
@@ -51,6 +53,9 @@ def test_the_readme_example_runs_on_the_tiny_model(tmp_path, tiny_model, capsys)
     assert any(r["correct"] for r in evaluated), "the tiny model got nothing right; the test proves little"
     out = capsys.readouterr().out
     assert "iteration 1: " in out and "% held out" in out  # the callback saw iteration 1
+    # model.dtype=auto (the example sets none): the precision was timed once, for the whole run
+    (verdict,) = json.loads((tmp_path / "cache" / "selftaught" / "decode-precision.json").read_text()).values()
+    assert verdict["dtype"] in ("float32", "bfloat16") and verdict["float32_s"] > 0
 
 
 def tiny_config(tiny_model: str, tmp_path: Path, *overrides: str) -> selftaught.STaRConfig:

@@ -76,8 +76,10 @@ def test_cpu_speed_measures_training_and_both_precisions(tiny_model, tmp_path):
                  "float32, batch 4, 8 prompts", "float32, batch 8, 8 prompts", "bfloat16, batch 4",
                  "outputs identical across batch sizes", "outputs identical to fp32",
                  "float32, batch 4, llama-batched-bench's workload", "float32, batch 8, llama-batched-bench's workload",
-                 "torch kernels:"]:
+                 "torch kernels:", "model.dtype=auto at batch"]:
         assert what in text, what
+    # 4 prompts where bf16 is emulated, all 8 where the processor has bf16 matmuls
+    assert re.search(r"bfloat16, batch 4, ([48]) prompts .*; \d/\1 correct \(\d in fp32\); \d/\1 outputs identical", text)
     speeds = [float(m.replace(",", "")) for m in re.findall(r"\| ([\d.,]+) tokens/s \|", text)]
     assert len(speeds) >= 4 and all(v > 0 for v in speeds)
     # The floor: 28 bytes a parameter in fp32 (40 with bf16 weights), over a bandwidth a real memory has.

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from selftaught.config import ConfigError, GenerationConfig, ModelConfig, option
 from selftaught.generation.shared_prefix import (ATTENTION, SuffixCache, cache_kwarg, encode_prefix,
                                                 supports_shared_prefix)
-from selftaught.models import load_causal_lm
+from selftaught.generation.precision import cpu_decode_dtype
+from selftaught.models import cache_root, load_causal_lm
 from selftaught.generation.base import (
     Completion,
     Generator,
@@ -40,16 +41,15 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def pick_dtype(name: str, device: str) -> torch.dtype:
+def pick_dtype(name: str, device: str) -> torch.dtype | None:
+    """The precision ``model.dtype`` asks for; None where it is timed on the loaded model."""
     if name == "float32":
         return torch.float32
     if name == "bfloat16":
         return torch.bfloat16
     if device == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # On the CPU, bf16 decoding measured 8x slower than fp32 here (small matmuls, no fused
-    # bf16 attention path), so "auto" keeps fp32 there.
-    return torch.float32
+    return None  # "auto" on the CPU: whichever of fp32 and bf16 decodes faster here (precision.py)
 
 
 @dataclass
@@ -75,7 +75,11 @@ class TransformersGenerator(Generator):
         self.device = pick_device()
         self.dtype = pick_dtype(model.dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = load_causal_lm(model_path, dtype=self.dtype)
+        self.model = load_causal_lm(model_path, dtype=self.dtype or torch.float32)
+        self.precision: dict | None = None  # the timings behind an "auto" choice on the CPU
+        if self.dtype is None:
+            self.dtype, self.precision = cpu_decode_dtype(self.model, config.batch_size, cache_root(model))
+            self.model.to(self.dtype)
         self.model.to(self.device).eval()
         self.context = getattr(self.model.config, "max_position_embeddings", None)
         eos = self.model.generation_config.eos_token_id
