@@ -11,12 +11,12 @@ On the model and task of configs/default.yaml:
 (b) decoding: the shared-prefix generator in fp32 and in bf16, at batch 64, 128, 256 and 512, on
     the same held-out prompts, greedy: useful tokens/s (up to the stop string), the fraction of
     the compute limit (2·N FLOPs a token over the same peak in that precision), how many
-    answers are right, and how many outputs are the same in both precisions. Where the processor only emulates bf16 (no
-    AVX-512 BF16 / AMX), bf16 decodes one batch at the smallest size only (its matmuls are
-    emulated: ~100x slower than fp32 on large squares, ~5x on decode-sized products); and
-    fp32 on llama-batched-bench's own workload: the few-shot prompt shared by every row, 32
-    tokens decoded a row, EOS ignored; and the precision ``model.dtype=auto`` picks here, with the
-    decode-step timings behind it;
+    answers are right, and how many outputs are the same in both precisions. Where the
+    processor only emulates bf16 (no AVX-512 BF16 / AMX), bf16 decodes one batch at the
+    smallest size only (its matmuls are emulated: ~100x slower than fp32 on large squares,
+    ~5x on decode-sized products); fp32 on llama-batched-bench's own workload: the few-shot
+    prompt shared by every row, 32 tokens decoded a row, EOS ignored; and the precision
+    ``model.dtype=auto`` picks here, with the decode-step timings behind it;
 (c) llama.cpp (optional; skipped with the reason when no binary is given): the same checkpoint
     converted to GGUF (f32 and bf16, conversion time reported) and the embedded Q4_1 GGUF, in
     ``llama-batched-bench`` (its converter needs ``pip install sentencepiece``) with a shared
@@ -59,6 +59,7 @@ from run import ROOT, Row, machine, markdown, useful_tokens  # noqa: E402  (benc
 
 from selftaught.config import load_config  # noqa: E402
 from selftaught.generation import SamplingParams, get_generator  # noqa: E402
+from selftaught.generation.precision import MARGIN  # noqa: E402
 from selftaught.generation.openai_server import (ServerRequestError, ServerUnavailableError,  # noqa: E402
                                                  convert_to_gguf)
 from selftaught.models import embedded_gguf, resolve_base_model  # noqa: E402
@@ -198,7 +199,7 @@ def auto_precision(base: str, config) -> Row:
     return Row("decoding", f"model.dtype=auto at batch {p['batch']} picks {p['dtype']}",
                p["float32_s"] / p["bfloat16_s"], "x bf16/fp32 speed",
                f"one decode step took {p['float32_s']:.3f} s in fp32 and {p['bfloat16_s']:.3f} s in bf16; "
-               "bf16 is kept only when it is 1.1x faster")
+               f"bf16 is kept only when it is {MARGIN}x faster")
 
 
 def fixed_decode(generator, prompt: str, batches: list[int], peak: float, n_params: int,

@@ -49,6 +49,16 @@ def test_auto_keeps_the_faster_precision(tiny_model, tmp_path, monkeypatch, caps
     assert len(calls) > 2 * rounds
 
 
+def test_a_cache_that_cannot_be_written_costs_the_probe_not_the_run(tiny_model, tmp_path, monkeypatch, capsys):
+    calls = _fake_timings(monkeypatch, {torch.float32: 1.0, torch.bfloat16: 3.0})
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the cache folder should be
+    g = get_generator(tiny_model, ModelConfig(cache_dir=str(blocked / "cache")), GenerationConfig(batch_size=4))
+    assert g.dtype == torch.float32 and len(calls) == 2
+    said = capsys.readouterr().err
+    assert "decoding in float32 on this CPU" in said and "not kept" in said and "model.cache_dir" in said
+
+
 def test_explicit_precision_is_not_timed(tiny_model, tmp_path, monkeypatch):
     calls = _fake_timings(monkeypatch, {torch.float32: 1.0, torch.bfloat16: 0.1})
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):

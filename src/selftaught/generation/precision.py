@@ -100,16 +100,19 @@ def cpu_decode_dtype(model, batch: int, cache_dir: Path) -> tuple[torch.dtype, d
     except (OSError, ValueError):
         known = {}
     if key not in known:
-        known[key] = measure(model, batch)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        # Written whole and renamed: processes that probe side by side never read half a file.
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.name + ".")
-        with os.fdopen(fd, "w") as f:
-            json.dump(known, f, indent=1)
-        os.replace(tmp, path)
-        v = known[key]
+        known[key] = v = measure(model, batch)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            # Written whole and renamed: processes that probe side by side never read half a file.
+            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=path.name + ".")
+            with os.fdopen(fd, "w") as f:
+                json.dump(known, f, indent=1)
+            os.replace(tmp, path)
+            kept = f"measured once, kept in {path}"
+        except OSError as e:  # a read-only cache costs the probe again next time, not the run
+            kept = f"not kept ({e.strerror}: {e.filename}); set model.cache_dir to keep it"
         print(f"selftaught: decoding in {v['dtype']} on this CPU (one step of {v['batch']} rows took "
               f"{v['float32_s']:.3f} s in float32, {v['bfloat16_s']:.3f} s in bfloat16; "
-              f"model.dtype=auto, measured once, kept in {path})", file=sys.stderr)
+              f"model.dtype=auto, {kept})", file=sys.stderr)
     verdict = known[key]
     return getattr(torch, verdict["dtype"]), verdict
