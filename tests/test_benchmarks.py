@@ -147,3 +147,18 @@ def test_cpu_speed_llama_server_on_the_held_out_questions(tiny_model, tmp_path):
     ratios = [r for r in rows if r.unit == "x"]
     assert [round(r.value * best.value) for r in ratios] == [100, 150]
     assert all(r.note.startswith(f"llama-server at -np {best_np};") for r in ratios)
+
+
+def test_llama_cpp_is_built_with_what_the_processor_lists_and_never_amx():
+    build = _load("build_llama_cpp", "build_llama_cpp.py")
+    intel = build.cpu_flags("processor\t: 0\nflags\t\t: fpu sse avx avx2 fma f16c bmi2 avx512f avx512cd avx512vl "
+                            "avx512dq avx512bw avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8\nbugs\t\t:\n")
+    amd = {"avx", "avx2", "fma", "f16c", "bmi2"}
+    on = lambda flags: {o[2:-3] for o in build.cmake_options(flags) if o.endswith("=ON")}  # noqa: E731
+    assert on(intel) == {"GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2", "GGML_AVX512",
+                         "GGML_AVX512_VNNI", "GGML_AVX512_BF16"}
+    assert on(amd) == {"GGML_AVX", "GGML_AVX2", "GGML_FMA", "GGML_F16C", "GGML_BMI2"}
+    assert "GGML_AVX512" not in on(intel - {"avx512bw"})  # ggml's AVX-512 build needs all five subsets
+    for flags in (intel, amd):
+        options = build.cmake_options(flags)
+        assert {"-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"} <= set(options)
