@@ -149,6 +149,8 @@ def bench_decoding(base: str, config, task, held_out, batches: list[int]) -> tup
     prompts = [task.prompt(e) for e in held_out]
     params = SamplingParams(max_new_tokens=g.max_new_tokens, stop=stop)
     tokenizer = AutoTokenizer.from_pretrained(base)
+    right = lambda texts: sum(task.is_correct(task.extract_answer(t, e), e)  # noqa: E731
+                              for t, e in zip(texts, held_out))
     native_bf16 = _bf16_supported("cpu")
     rows, outputs = [], {}
     for dtype in ("float32", "bfloat16"):
@@ -168,12 +170,10 @@ def bench_decoding(base: str, config, task, held_out, batches: list[int]) -> tup
             seconds = time.perf_counter() - start
             tps = useful_tokens(tokenizer, texts) / seconds
             outputs.setdefault(dtype, {})[b] = texts
-            right = sum(task.is_correct(task.extract_answer(t, e), e) for t, e in zip(texts, held_out))
-            same = f"; {right}/{n} correct"
+            same = f"; {right(texts)}/{n} correct"
             if dtype == "bfloat16":
                 fp32 = outputs["float32"][batches[0]][:n]
-                fp32_right = sum(task.is_correct(task.extract_answer(t, e), e) for t, e in zip(fp32, held_out))
-                same += (f" ({fp32_right} in fp32); {sum(a == c for a, c in zip(texts, fp32))}/{n} "
+                same += (f" ({right(fp32)} in fp32); {sum(a == c for a, c in zip(texts, fp32))}/{n} "
                          "outputs identical to fp32")
             limit = (f"{2 * n_params * tps / (peak * 1e12):.1%} of the compute limit (2·N FLOPs a "
                      f"useful token over the {dtype} peak of {peak * 1000:.0f} GFLOP/s)") if peak else \

@@ -49,7 +49,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSe
 
 from selftaught.config import load_config  # noqa: E402
 from selftaught.generation import SamplingParams, get_generator  # noqa: E402
-from selftaught.generation.transformers_backend import pick_device, pick_dtype  # noqa: E402
+from selftaught.generation.precision import cpu_name  # noqa: E402
+from selftaught.generation.transformers_backend import load_for_decoding, pick_device  # noqa: E402
 from selftaught.models import resolve_base_model  # noqa: E402
 from selftaught.stages import Stages  # noqa: E402
 from selftaught.store import RunStore  # noqa: E402
@@ -97,16 +98,16 @@ def cut(text: str, stop: tuple[str, ...]) -> tuple[str, str | None]:
     return text[:at], s
 
 
-def load_plain(path: str, dtype_name: str = "auto"):
+def load_plain(path: str, model_config, batch_size: int):
     """The plain baseline's model, in the same dtype and on the same device as selftaught's
-    generator picks for ``model.dtype`` (bf16 on a GPU, fp32 on a CPU for "auto"): a baseline in
-    fp32 against our bf16 would measure the precision, not the code."""
-    device = pick_device()
+    generator picks for ``model.dtype`` (bf16 on a GPU; for "auto" on a CPU the precision it
+    timed and cached for ``batch_size``): a baseline in fp32 against our bf16 would measure the
+    precision, not the code."""
     tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype_name, device))
-    return model.to(device).eval(), tokenizer
+    model, _, _ = load_for_decoding(path, model_config, batch_size, pick_device())
+    return model, tokenizer
 
 
 class _CountingCollator(DataCollatorForSeq2Seq):
@@ -162,7 +163,7 @@ def plain_iteration(base: str, task: Task, train: list[Example], held_out: list[
     times: dict[str, float] = {}
     timed = _timer(times)
 
-    model, tokenizer = timed("load", lambda: load_plain(base, config.model.dtype))
+    model, tokenizer = timed("load", lambda: load_plain(base, config.model, g.batch_size))
     outs = timed("generate", lambda: plain_generate(
         model, tokenizer, [task.prompt(e) for e in train], g.batch_size, g.max_new_tokens, stop))
     solved = {e.id: o for e, o in zip(train, outs) if task.is_correct(task.extract_answer(o, e), e)}
@@ -181,7 +182,7 @@ def plain_iteration(base: str, task: Task, train: list[Example], held_out: list[
         work / "plain-checkpoint"))
 
     def evaluate():
-        model, tokenizer = load_plain(str(work / "plain-checkpoint"), config.model.dtype)
+        model, tokenizer = load_plain(str(work / "plain-checkpoint"), config.model, g.batch_size)
         return plain_generate(model, tokenizer, [task.prompt(e) for e in held_out], g.batch_size,
                               g.max_new_tokens, stop)
 
@@ -242,7 +243,7 @@ def bench_generation(base, task, examples, config, batch1_prompts: int) -> tuple
     ours_s = time.perf_counter() - start
     generator.close()
 
-    model, plain_tok = load_plain(base, config.model.dtype)
+    model, plain_tok = load_plain(base, config.model, g.batch_size)
     if hasattr(generator, "dtype"):  # the transformers backend: same dtype, same device
         assert (model.dtype, model.device.type) == (generator.dtype, torch.device(generator.device).type)
     plain_generate(model, plain_tok, prompts[:2], 2, 4, stop)  # warm-up
@@ -344,13 +345,12 @@ MATMUL_FLAGS = {"avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512", "avx512_bf16
 
 
 def machine() -> str:
-    cpu, flags = platform.processor() or platform.machine(), None
+    cpu, flags = cpu_name(), None
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and flags is None:
+            if line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
+                break
     except OSError:
         pass
     if flags is not None:

@@ -162,3 +162,20 @@ def test_llama_cpp_is_built_with_what_the_processor_lists_and_never_amx():
     for flags in (intel, amd):
         options = build.cmake_options(flags)
         assert {"-DGGML_NATIVE=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"} <= set(options)
+
+
+def test_plain_baseline_decodes_in_the_precision_auto_chose(tiny_model, tmp_path, monkeypatch):
+    """The plain baseline takes the generator's precision for model.dtype=auto on the CPU, not
+    whatever the checkpoint holds: here a cached verdict in which bf16 was faster."""
+    import torch
+
+    from selftaught.config import GenerationConfig, ModelConfig
+    from selftaught.generation import get_generator, precision
+
+    monkeypatch.setattr(precision, "decode_step_seconds",
+                        lambda model, *a: 0.5 if model.dtype == torch.bfloat16 else 1.0)
+    model = ModelConfig(cache_dir=str(tmp_path))
+    ours = get_generator(tiny_model, model, GenerationConfig(batch_size=4))
+    plain, _ = _bench().load_plain(tiny_model, model, 4)
+    assert ours.dtype == plain.dtype == torch.bfloat16
+    assert _bench().load_plain(tiny_model, ModelConfig(dtype="float32"), 4)[0].dtype == torch.float32

@@ -52,6 +52,18 @@ def pick_dtype(name: str, device: str) -> torch.dtype | None:
     return None  # "auto" on the CPU: whichever of fp32 and bf16 decodes faster here (precision.py)
 
 
+def load_for_decoding(path: str, model: ModelConfig, batch_size: int, device: str):
+    """``path`` on ``device`` in the precision ``model.dtype`` asks for: ``(model, dtype,
+    timings)``, the timings being those behind an "auto" choice on the CPU (else None)."""
+    dtype = pick_dtype(model.dtype, device)
+    loaded = load_causal_lm(path, dtype=dtype or torch.float32)
+    precision = None
+    if dtype is None:
+        dtype, precision = cpu_decode_dtype(loaded, batch_size, cache_root(model))
+        loaded.to(dtype)
+    return loaded.to(device).eval(), dtype, precision
+
+
 @dataclass
 class TransformersOptions:
     num_processes: int = option(
@@ -73,14 +85,10 @@ class TransformersGenerator(Generator):
     def __init__(self, model_path: str, model: ModelConfig, config: GenerationConfig):
         super().__init__(model_path, model, config)
         self.device = pick_device()
-        self.dtype = pick_dtype(model.dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = load_causal_lm(model_path, dtype=self.dtype or torch.float32)
-        self.precision: dict | None = None  # the timings behind an "auto" choice on the CPU
-        if self.dtype is None:
-            self.dtype, self.precision = cpu_decode_dtype(self.model, config.batch_size, cache_root(model))
-            self.model.to(self.dtype)
-        self.model.to(self.device).eval()
+        # precision: the timings behind an "auto" choice on the CPU, else None
+        self.model, self.dtype, self.precision = load_for_decoding(model_path, model, config.batch_size,
+                                                                   self.device)
         self.context = getattr(self.model.config, "max_position_embeddings", None)
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
