@@ -175,6 +175,17 @@ def test_existing_run_with_another_config_is_refused(comparison, tiny_model, tmp
     assert not (out / "star").exists()  # refused before any run started
 
 
+def test_a_finished_comparison_reused_with_keep_checkpoints_selected_is_pruned(comparison, tiny_model, tmp_path):
+    out = tmp_path / "cmp"
+    shutil.copytree(comparison, out)
+    assert main(["compare", *tiny_overrides(tiny_model, out, "loop.keep_checkpoints=selected")]) == 0
+    for name in ("star", "star-no-rationalization"):
+        selected = read_jsonl(out / name / "metrics.jsonl")[-1]["selected_iteration"]
+        on_disk = {n for n in (1, 2) if (out / name / f"iteration-0{n}" / "checkpoint").is_dir()}
+        assert on_disk == {2, selected}, name
+    assert (out / "direct-finetune" / "iteration-01" / "checkpoint").is_dir()
+
+
 def test_run_configs_differ_only_in_method_and_rationalization(tiny_model, tmp_path):
     configs = run_configs(load_config(overrides=tiny_overrides(tiny_model, tmp_path)), tmp_path)
     dicts = {name: c.to_dict() for name, c in configs.items()}

@@ -34,6 +34,7 @@ def test_yaml_exponent_without_dot_is_a_number():
         ("training.method=qlora", "training.method must be one of full, lora"),
         ("training.step_growth=0.5", "training.step_growth must be >= 1"),
         ("model.dtype=int4", "model.dtype must be one of"),
+        ("loop.keep_checkpoints=best", "loop.keep_checkpoints must be one of all, selected"),
         ("loop=3", "loop must be a mapping"),
         ("iterations", "must look like section.key=value"),
     ],

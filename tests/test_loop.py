@@ -97,6 +97,24 @@ def test_every_iteration_fine_tunes_the_base_model(tmp_path, tiny_model, calls):
     assert all(c["base_model"] == tiny_model for c in configs)
 
 
+def test_keep_checkpoints_selected_leaves_the_newest_and_the_best(tmp_path, tiny_model, calls):
+    out = tmp_path / "run"
+
+    def on_disk() -> set[int]:
+        return {n for n in (1, 2, 3) if (out / f"iteration-0{n}" / "checkpoint" / "model.safetensors").is_file()}
+
+    assert main(tiny_args(tiny_model, out, "loop.iterations=3")) == 0
+    assert on_disk() == {1, 2, 3}  # the default keeps all
+    calls["generate"].clear(), calls["train"].clear()
+    # Resuming a finished run with the option frees its disk and computes nothing again.
+    assert main(["run", "--resume", str(out), "loop.keep_checkpoints=selected"]) == 0
+    assert calls == {"generate": [], "train": []}
+    selected = read_jsonl(out / "metrics.jsonl")[-1]["selected_iteration"]
+    assert on_disk() == {3, selected} and len(on_disk()) < 3
+    assert all((out / f"iteration-0{n}" / "train.json").is_file() for n in (1, 2, 3))
+    assert not list(out.glob("iteration-*/checkpoint.deleted"))
+
+
 STAGES = ["generate_rationales", "rationalize", "filter_correct", "fine_tune", "evaluate"]
 
 

@@ -11,9 +11,10 @@ from pathlib import Path
 from selftaught.allocator import tune_allocator
 from selftaught.config import ConfigError, RunConfig, describe, load_config
 
-# Keys a resumed run may change: they decide how far the loop goes or where it logs, not what
-# it computed.
-RESUMABLE_KEYS = ("loop.iterations", "loop.patience", "loop.min_improvement", "report_to")
+# Keys a resumed run may change: they decide how far the loop goes, where it logs or which
+# checkpoints stay on disk, not what it computed.
+RESUMABLE_KEYS = ("loop.iterations", "loop.patience", "loop.min_improvement", "loop.keep_checkpoints",
+                  "report_to")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,8 +74,9 @@ VARIANT_METHODS = (
 )
 STAR = METHODS[-1]  # every other row's margin is measured against it
 
-# Keys that change what gets logged, not what is computed: a reused run may differ in them.
-IGNORED_KEYS = ("report_to", "output_dir")
+# Keys that change what gets logged or kept on disk, not what is computed: a reused run may
+# differ in them.
+IGNORED_KEYS = ("report_to", "output_dir", "loop.keep_checkpoints")
 
 
 @dataclass
@@ -361,7 +362,11 @@ def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
 def _comparable(data: dict[str, Any]) -> dict[str, Any]:
     data = copy.deepcopy(data)
     for key in IGNORED_KEYS:
-        data.pop(key, None)
+        *sections, name = key.split(".")
+        section = data
+        for part in sections:
+            section = section.get(part, {})
+        section.pop(name, None)
     return data
 
 

@@ -134,6 +134,13 @@ class LoopConfig:
         "(B-STaR, OpenRLHF).",
         default=True,
     )
+    keep_checkpoints: str = _help(
+        "Which fine-tuned checkpoints stay on disk: 'all' (M_1..M_N), or 'selected': the one best "
+        "on validation and the newest (the one the next iteration samples from); each other one "
+        "is deleted once a newer iteration has been evaluated. A full checkpoint is the model's "
+        "size (0.5 GB for the default's 135M parameters in fp32, ~14 GB for 7B in bf16).",
+        default="all",
+    )
     fewshot_for_finetuned: bool = _help(
         "Prompt the fine-tuned models M_n (n >= 1) with the few-shot exemplars too, as the base "
         "model is. False (default): from iteration 2's generation and iteration 1's evaluation "
@@ -160,6 +167,7 @@ class LoopConfig:
         _non_negative("loop.patience", self.patience)
         _positive("loop.keep_per_question", self.keep_per_question)
         _choice("loop.distinct", self.distinct, ("text", "signature"))
+        _choice("loop.keep_checkpoints", self.keep_checkpoints, ("all", "selected"))
         _positive("loop.probe_size", self.probe_size)
         _positive("loop.balance_m", self.balance_m)
         if self.auto_temperature is not None and (

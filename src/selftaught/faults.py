@@ -10,6 +10,7 @@ The points, named in store.py and the trainer:
 - ``write <relative path>``        a marker written to its temporary name, not yet renamed
 - ``checkpoint <iteration>``       the checkpoint saved and synced, not yet renamed into place
 - ``train step``                   after each optimizer step of a fine-tune
+- ``delete <iteration>``           a checkpoint renamed away for deletion, not yet deleted
 
 Counting a point's passages is cheaper and surer than killing on a timer: each run of the
 fault-injection test (tests/test_faults.py, benchmarks/faults.py) dies at exactly one point.

@@ -49,6 +49,7 @@ def star(config: RunConfig, store: RunStore, task: Task | None = None, callbacks
         start = base_model if config.loop.restart_from_base else model  # continue: M_{n-1} (B-STaR)
         model = stages.fine_tune(n, start, dataset)  # M_n ← train(M, ·): the ORIGINAL M by default
         history.append(stages.evaluate(n, model, held_out, validation))  # accuracy of M_n
+        stages.prune_checkpoints(history)  # loop.keep_checkpoints=selected: M_n and the best stay
         # Every callback sees every iteration, the one an early stop ends on included.
         if any([callback(history[-1]) for callback in callbacks]):  # a callback asked to stop
             break

@@ -158,6 +158,18 @@ class Stages:
         self.say(summary_line(record))
         return record
 
+    def prune_checkpoints(self, history: list[dict[str, Any]]) -> None:
+        """loop.keep_checkpoints=selected: delete each M_k that is neither the newest model (the
+        next iteration samples from it, or trains on from it) nor the one best on validation."""
+        if self.config.loop.keep_checkpoints == "all":
+            return
+        from selftaught.loop import selected
+
+        keep = {history[-1]["iteration"], selected(history)["iteration"]}
+        for m in history:
+            if m["iteration"] > 0 and m["iteration"] not in keep and self.store.delete_checkpoint(m["iteration"]):
+                self.say(f"deleted iteration {m['iteration']}'s checkpoint (loop.keep_checkpoints=selected)")
+
     # --- one level down ------------------------------------------------------------------
     def _complete(
         self, n: int, stage: str, model: str, examples: list[Example], hint: bool,

@@ -5,7 +5,9 @@ Layout::
     RUN/config.yaml                  the resolved config the run was started with
     RUN/metrics.jsonl                one record per finished iteration (0 = the base model)
     RUN/iteration-NN/<stage>.jsonl   generations, rationalizations, train, eval
-    RUN/iteration-NN/checkpoint/     the fine-tuned model M_n (HF format, safetensors)
+    RUN/iteration-NN/checkpoint/     the fine-tuned model M_n (HF format, safetensors); with
+                                     loop.keep_checkpoints=selected only the newest and the
+                                     one best on validation stay
     RUN/iteration-NN/stages.json     seconds and tokens/s of each finished stage
 
 A stage is finished when its file exists. Every such marker (a stage's .jsonl, ``train.json``,
@@ -192,6 +194,24 @@ class RunStore:
         atomic_write(self.root / "metrics.jsonl",
                       "".join(json.dumps(m) + "\n" for m in kept + [record]))
 
+    def delete_checkpoint(self, n: int) -> bool:
+        """Delete M_n's checkpoint; True if there was one. It is renamed away first, so a crash
+        mid-delete never leaves half a checkpoint under its real name; the next call (a resumed
+        run) finishes the deletion."""
+        d = self.root / f"iteration-{n:02d}"
+        doomed = d / "checkpoint.deleted"
+        try:
+            if doomed.exists():  # a deletion a crash interrupted
+                shutil.rmtree(doomed)
+            if not (d / "checkpoint").exists():
+                return False
+            os.rename(d / "checkpoint", doomed)
+            _fsync_dir(d)
+            fault_point(f"delete {d.name}")
+            shutil.rmtree(doomed)
+        except OSError as e:
+            raise _naming(e, d / "checkpoint") from e
+        return True
 
     # --- resuming -----------------------------------------------------------------------------
     def progress(self) -> str:
