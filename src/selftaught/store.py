@@ -198,7 +198,7 @@ class RunStore:
         """Delete M_n's checkpoint; True if there was one. It is renamed away first, so a crash
         mid-delete never leaves half a checkpoint under its real name; the next call (a resumed
         run) finishes the deletion."""
-        d = self.root / f"iteration-{n:02d}"
+        d = self.iteration_dir(n)
         doomed = d / "checkpoint.deleted"
         try:
             if doomed.exists():  # a deletion a crash interrupted
